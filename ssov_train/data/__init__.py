@@ -1,0 +1,3 @@
+from .frame import CameraView, Frame
+
+__all__ = ["CameraView", "Frame"]

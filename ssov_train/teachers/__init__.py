@@ -1,0 +1,3 @@
+from .format import TeacherImage, TeacherSource, TeacherStore, open_teacher
+
+__all__ = ["TeacherImage", "TeacherSource", "TeacherStore", "open_teacher"]
