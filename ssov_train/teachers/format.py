@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -173,7 +174,7 @@ class TeacherStore:
                     mask_ids=z["mask_ids"], prompt_ids=z["prompt_ids"].astype(np.int32),
                     scores=z["scores"].astype(np.float32),
                     features=z["features"].astype(np.float32) if "features" in z.files else None)
-        except (KeyError, ValueError, OSError, EOFError) as e:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"teacher {self.name}: corrupt output {p} ({e})") from None
         out.validate(self.num_prompts, self.feature_dim, str(p))
         return out

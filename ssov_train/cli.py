@@ -1,0 +1,146 @@
+"""``ssov-train``: the offline pipeline's command line (one subcommand per stage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SsovError
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """'i/n' with 1-based i, as users count machines: --shard 2/4 is the second of four."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like 2/4, got {text!r}") from None
+    if n < 1 or not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= i <= n")
+    return i - 1, n
+
+
+def _load_stage(args):
+    from .config import load_config
+    from .pipeline import Stage, SuperpointsStageConfig
+
+    overrides = {}
+    if getattr(args, "split", None):
+        overrides["dataset.split"] = args.split
+    if getattr(args, "output", None):
+        overrides["output"] = args.output
+    return Stage.from_config(load_config(SuperpointsStageConfig, args.cfg, overrides))
+
+
+def cmd_synth(args) -> int:
+    from .data.synthetic import generate_world
+
+    path = generate_world(args.out, name=args.name, num_scenes=args.scenes, frames_per_scene=args.frames,
+                          seed=args.seed, image_width=args.width, image_height=args.height)
+    print(f"synthetic world written to {path}")
+    return 0
+
+
+def cmd_teach(args) -> int:
+    from .pipeline import run_teach
+
+    stage = _load_stage(args)
+    failures = run_teach(stage, shard=args.shard, overwrite=args.overwrite)
+    print(f"teacher outputs in {stage.cfg.teacher.root}")
+    return _report_failures(failures)
+
+
+def cmd_superpoints(args) -> int:
+    from .pipeline import run_report, run_superpoints_stage
+
+    stage = _load_stage(args)
+    result = run_superpoints_stage(stage, shard=args.shard, overwrite=args.overwrite)
+    n = len(result.done)
+    print(f"superpoints: {n} computed, {len(result.skipped)} already present, {len(result.failed)} failed "
+          f"in {result.seconds:.1f} s ({n / max(result.seconds, 1e-9):.1f} samples/s) -> {stage.cfg.output}")
+    if args.shard[1] == 1 and not args.no_report:
+        _print_report(run_report(stage))
+    return _report_failures(result.failed)
+
+
+def cmd_report(args) -> int:
+    from .pipeline import run_report
+
+    _print_report(run_report(_load_stage(args)))
+    return 0
+
+
+def cmd_overlay(args) -> int:
+    from .pipeline import render_overlay
+
+    stage = _load_stage(args)
+    out = render_overlay(stage, args.sample, Path(args.out), color_by=args.color_by)
+    print(f"overlay written to {out}")
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    keys = ["num_samples", "num_missing", "paired_fraction", "labelled_fraction", "miou_labelled_points",
+            "miou_all_points", "accuracy_labelled_points", "box_points", "box_points_labelled_fraction",
+            "box_points_accuracy"]
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=1))
+    print(f"report: {report['output']}/report.json")
+
+
+def _report_failures(failures) -> int:
+    if not failures:
+        return 0
+    print(f"\n{len(failures)} item(s) skipped:", file=sys.stderr)
+    for token, reason in failures:
+        print(f"  {token}: {reason}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssov-train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate a synthetic nuScenes-format world")
+    s.add_argument("--out", required=True, help="dataset root to create")
+    s.add_argument("--name", default="synthetic", help="version name: tables go to v1.0-<name>")
+    s.add_argument("--scenes", type=int, default=2)
+    s.add_argument("--frames", type=int, default=40, help="keyframes per scene")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--width", type=int, default=None, help="camera image width (default: the generator's)")
+    s.add_argument("--height", type=int, default=None)
+    s.set_defaults(func=cmd_synth)
+
+    def stage_parser(name: str, help_: str, func, shardable: bool = False):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--cfg", required=True, help="stage config YAML (config/superpoints_*.yaml)")
+        sp.add_argument("--split", help="override dataset.split")
+        sp.add_argument("--output", help="override output")
+        if shardable:
+            sp.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process the i-th of n shards")
+            sp.add_argument("--overwrite", action="store_true", help="recompute samples already done")
+        sp.set_defaults(func=func)
+        return sp
+
+    stage_parser("teach", "run the config's built-in teacher (oracle | boxes) over the split", cmd_teach, True)
+    sp = stage_parser("superpoints", "pairings, superpoints and pseudo-labels for the split", cmd_superpoints, True)
+    sp.add_argument("--no-report", action="store_true", help="skip the quality report at the end")
+    stage_parser("report", "pseudo-label quality report (JSON + PNG) of computed superpoints", cmd_report)
+    ov = stage_parser("overlay", "PNG of a scan's points projected on its camera images", cmd_overlay)
+    ov.add_argument("--sample", help="sample token (default: first of the split)")
+    ov.add_argument("--out", required=True, help="PNG path")
+    ov.add_argument("--color-by", choices=["depth", "pseudo_label"], default="depth")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SsovError as e:
+        print(f"ssov-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Projection facts on the real nuScenes sample, and the occlusion test on crafted geometry."""
+
+import numpy as np
+import pytest
+
+from ssov_train.data.sample import SampleReader
+from ssov_train.geometry.boxes import points_in_boxes
+from ssov_train.geometry.projection import ProjectionConfig, project_frame, project_points, project_to_camera
+from ssov_train.geometry.transforms import invert, lidar_to_camera_chain, make_transform, matrix_to_quat, quat_to_matrix
+
+
+@pytest.fixture(scope="module")
+def sample(sample_dir):
+    reader = SampleReader(sample_dir)
+    return reader, reader.load(reader.token)
+
+
+def test_real_sample_cam_front_count(sample):
+    _, frame = sample
+    cam = frame.camera("CAM_FRONT")
+    proj = project_points(frame.points, cam.lidar_to_camera, cam.intrinsics, cam.width, cam.height, 1.0)
+    assert len(proj.point_index) == 3067
+    assert (proj.depth > 1.0).all()
+    assert (proj.uv[:, 0] >= 0).all() and (proj.uv[:, 0] < 1600).all()
+    assert (proj.pixel_rc[:, 0] < 900).all()
+
+
+def test_ignoring_ego_motion_loses_points(sample):
+    reader, frame = sample
+    cam = frame.camera("CAM_FRONT")
+    static = invert(reader.camera_to_ego("CAM_FRONT")) @ frame.lidar_to_ego
+    proj = project_points(frame.points, static, cam.intrinsics, cam.width, cam.height, 1.0)
+    assert len(proj.point_index) == 2879
+
+
+def test_fraction_seen_by_some_camera(sample):
+    _, frame = sample
+    seen = np.zeros(frame.num_points, bool)
+    for p in project_frame(frame, ProjectionConfig(occlusion=False)):
+        seen[p.point_index] = True
+    assert round(seen.mean(), 2) == 0.58
+
+
+def test_points_in_boxes(sample):
+    _, frame = sample
+    per_box = sum(int((points_in_boxes(frame.points, frame.boxes[i:i + 1]) >= 0).sum()) for i in range(len(frame.boxes)))
+    assert per_box == 994  # counted per box, as sample.json states
+    assert (points_in_boxes(frame.points, frame.boxes) >= 0).sum() <= per_box
+
+
+def test_occlusion_removes_points_on_real_sample(sample):
+    _, frame = sample
+    cam = frame.camera("CAM_FRONT")
+    with_occ, hidden = project_to_camera(frame.points, cam, ProjectionConfig(occlusion=True))
+    assert 0 < hidden < 0.2 * 3067
+    assert len(with_occ.point_index) + hidden == 3067
+
+
+def test_full_chain_matches_composed_sample_calibration():
+    rng = np.random.default_rng(0)
+    poses = [make_transform(quat_to_matrix(q / np.linalg.norm(q)), rng.normal(size=3) * 10) for q in rng.normal(size=(4, 4))]
+    lidar_to_ego, ego_lidar, ego_cam, cam_to_ego = poses
+    chain = lidar_to_camera_chain(lidar_to_ego, ego_lidar, ego_cam, cam_to_ego)
+    p = rng.normal(size=(5, 3))
+    ph = np.c_[p, np.ones(5)]
+    expected = (invert(cam_to_ego) @ np.linalg.inv(ego_cam) @ ego_lidar @ lidar_to_ego @ ph.T).T[:, :3]
+    np.testing.assert_allclose((chain @ ph.T).T[:, :3], expected, atol=1e-9)
+    q = matrix_to_quat(lidar_to_ego[:3, :3])
+    np.testing.assert_allclose(quat_to_matrix(q), lidar_to_ego[:3, :3], atol=1e-12)
+
+
+# Camera looking along lidar +x: camera x = -lidar y, camera y = -lidar z, camera z = lidar x.
+LIDAR_TO_CAM = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+K = np.array([[100.0, 0, 100], [0, 100, 50], [0, 0, 1]])
+
+
+class _Cam:
+    width, height, intrinsics, lidar_to_camera = 200, 100, K, LIDAR_TO_CAM
+
+
+def test_occlusion_hides_point_behind_nearer_one_only():
+    # A near point at 5 m and a far one at 20 m on almost the same ray; a lone far point elsewhere.
+    pts = np.array([[5.0, 0.0, 0.0], [20.0, 0.05, 0.0], [20.0, 5.0, 0.0]])
+    proj, hidden = project_to_camera(pts, _Cam, ProjectionConfig(occlusion=True, occlusion_radius_px=6 * 1600 / 200))
+    assert hidden == 1
+    assert sorted(proj.point_index.tolist()) == [0, 2]
+    proj, hidden = project_to_camera(pts, _Cam, ProjectionConfig(occlusion=False))
+    assert hidden == 0 and len(proj.point_index) == 3
+
+
+def test_flat_ground_seen_by_a_32_beam_lidar_is_not_self_occluding():
+    # Ground returns of an HDL-32E mounted 1.84 m high, seen by a nuScenes-like 1600x900 camera: depths
+    # jump between rings near the horizon, but rings are ~29 px apart, beyond the neighbourhood.
+    elevations = np.deg2rad(np.linspace(-30.67, 10.67, 32))
+    azimuths = np.deg2rad(np.arange(-40, 40, 0.33))
+    el, az = np.meshgrid(elevations[elevations < -0.02], azimuths, indexing="ij")
+    rng_ground = 1.84 / np.tan(-el)
+    pts = np.stack([rng_ground * np.cos(az), rng_ground * np.sin(az), np.full_like(el, -1.84)], -1).reshape(-1, 3)
+
+    class Cam:
+        width, height, lidar_to_camera = 1600, 900, LIDAR_TO_CAM
+        intrinsics = np.array([[1266.0, 0, 816], [0, 1266, 491], [0, 0, 1]])
+
+    proj, hidden = project_to_camera(pts, Cam, ProjectionConfig(occlusion=True))
+    assert len(proj.point_index) > 2000
+    assert hidden / (hidden + len(proj.point_index)) < 0.01
+
+
+def test_min_depth_and_bounds():
+    pts = np.array([[0.5, 0, 0], [-5, 0, 0], [10, 0, 0], [10, -20, 0]])  # too close, behind, centre, off-image
+    proj = project_points(pts, LIDAR_TO_CAM, K, 200, 100, 1.0)
+    assert proj.point_index.tolist() == [2]
+    np.testing.assert_allclose(proj.uv[0], [100, 50])
+    assert proj.pixel_rc[0].tolist() == [50, 100]
