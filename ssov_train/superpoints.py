@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional
@@ -83,7 +84,7 @@ def load_superpoints(path: str | Path) -> SuperpointSample:
             arrays = {k: z[k] for k in z.files if k != "meta"}
     except FileNotFoundError:
         raise DataError(f"superpoints missing: {path}") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"superpoints file {path} is corrupt ({e})") from None
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: not an ssov superpoints file of version {FORMAT_VERSION}")

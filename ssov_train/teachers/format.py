@@ -7,7 +7,7 @@ On disk, one directory per teacher run::
                                       "feature_dim": D or null, "created_by": "..."}
     <root>/text_embeddings.npy       (P, D) float32, L2-normalised rows, in the teacher's CLIP space (optional)
     <root>/images/<image_token>.npz  one per camera image:
-        mask_ids   (H, W) uint16   0 = no mask, 1..K = masks (the map may be lower-resolution than the image;
+        mask_ids   (H, W) uint8/16 0 = no mask, 1..K = masks (the map may be lower-resolution than the image;
                                    pixel lookups scale coordinates)
         prompt_ids (K,)   int32    prompt id (index into the vocabulary) of mask k+1
         scores     (K,)   float32  teacher confidence of that prompt for the mask, in [0, 1]
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -30,7 +31,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from ..errors import DataError
-from ..io import save_npz_atomic, write_json_atomic
+from ..io import atomic_path, save_npz_atomic, write_json_atomic
 
 FORMAT_NAME = "ssov-teacher"
 FORMAT_VERSION = 1
@@ -120,9 +121,8 @@ class TeacherStore:
             te = np.asarray(text_embeddings, dtype=np.float32)
             if te.shape != (num_prompts, feature_dim):
                 raise DataError(f"text embeddings must be ({num_prompts}, {feature_dim}), got {te.shape}")
-            with open(root / ".text_embeddings.npy.tmp", "wb") as f:
+            with atomic_path(root / "text_embeddings.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, te)
-            (root / ".text_embeddings.npy.tmp").replace(root / "text_embeddings.npy")
         write_json_atomic(root / "teacher.json", meta)
         return cls(root, meta)
 
@@ -174,14 +174,16 @@ class TeacherStore:
                     mask_ids=z["mask_ids"], prompt_ids=z["prompt_ids"].astype(np.int32),
                     scores=z["scores"].astype(np.float32),
                     features=z["features"].astype(np.float32) if "features" in z.files else None)
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise DataError(f"teacher {self.name}: corrupt output {p} ({e})") from None
         out.validate(self.num_prompts, self.feature_dim, str(p))
         return out
 
     def write(self, image_token: str, out: TeacherImage) -> None:
         out.validate(self.num_prompts, self.feature_dim, f"teacher {self.name} image {image_token}")
-        arrays = {"mask_ids": out.mask_ids.astype(np.uint16), "prompt_ids": out.prompt_ids.astype(np.int32),
+        # uint8 maps when they fit (almost always: K < 256) halve what every later read decompresses.
+        mask_dtype = np.uint8 if out.num_masks < 256 else np.uint16
+        arrays = {"mask_ids": out.mask_ids.astype(mask_dtype), "prompt_ids": out.prompt_ids.astype(np.int32),
                   "scores": out.scores.astype(np.float32)}
         if out.features is not None:
             arrays["features"] = out.features.astype(np.float16)

@@ -8,6 +8,8 @@ through :class:`ClassDictionary`, so there is exactly one copy of the mapping.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +19,13 @@ import yaml
 
 from ..errors import ConfigError
 
-VOCAB_DIR = Path(__file__).resolve().parents[2] / "config" / "vocab"
+VOCAB_DIR = Path(__file__).resolve().parents[2] / "config" / "vocab"  # in a source checkout
+
+
+def vocab_dirs() -> list[Path]:
+    """Where built-in dictionaries live: the source tree, else the installed share/ssov_ros/config/vocab."""
+    prefixes = [sys.prefix, *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep))]
+    return [VOCAB_DIR, *(Path(p) / "share" / "ssov_ros" / "config" / "vocab" for p in prefixes)]
 
 
 @dataclass(frozen=True)
@@ -221,9 +229,10 @@ def load_dictionary(name_or_path: str | Path) -> ClassDictionary:
     """Load a dictionary by name (``nuscenes`` -> config/vocab/nuscenes.yaml) or by path."""
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):
-        p = VOCAB_DIR / f"{name_or_path}.yaml"
+        candidates = [d / f"{name_or_path}.yaml" for d in vocab_dirs()]
+        p = next((c for c in candidates if c.is_file()), candidates[0])
     if not p.is_file():
-        available = sorted(x.stem for x in VOCAB_DIR.glob("*.yaml"))
+        available = sorted({x.stem for d in vocab_dirs() for x in d.glob("*.yaml")})
         raise ConfigError(f"class dictionary {name_or_path!r} not found at {p} (built-in: {available})")
     try:
         data = yaml.safe_load(p.read_text())
