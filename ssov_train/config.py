@@ -53,6 +53,10 @@ def _convert(value: Any, tp, path: str):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            if len(value) != len(args):  # fixed-length tuple[A, B, C]: one type per position
+                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

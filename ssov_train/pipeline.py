@@ -129,13 +129,15 @@ def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Lit
     frame = stage.reader.load(token)
     projections = project_frame(frame, ProjectionConfig(occlusion=stage.cfg.projection.occlusion,
                                                         min_depth=stage.cfg.projection.min_depth))
-    legend = None
+    legend, sizes = None, None
     if color_by == "pseudo_label":
         sp = load_superpoints(sample_path(stage.cfg.output, token))
-        palette = stage.dictionary.palette
+        palette = stage.dictionary.palette.copy()
+        palette[0] = (170, 170, 170)  # unlabelled points in grey, so the labelled ones stand out
         colors = [palette[sp.pseudo_label[p.point_index]] for p in projections]
-        present = np.unique(sp.pseudo_label)
-        legend = {stage.dictionary.class_names[i]: palette[i] for i in present}
+        names = ["no label", *stage.dictionary.eval_classes]
+        legend = {names[i]: palette[i] for i in np.unique(sp.pseudo_label)}
+        sizes = [np.where(sp.pseudo_label[p.point_index] > 0, 4.0, 0.8) for p in projections]
     else:
         colors = [depth_colors(p.depth) for p in projections]
     titles = [f"{c.name}: {len(p.point_index)} points" for c, p in zip(frame.cameras, projections)]
@@ -145,4 +147,4 @@ def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Lit
     return camera_overlay_grid([c.load_image() for c in frame.cameras], titles, [p.uv for p in projections], colors,
                                path, suptitle=f"{frame.dataset} {token}: {seen.mean():.0%} of "
                                               f"{frame.num_points} points seen by a camera ({color_by})",
-                               legend=legend)
+                               legend=legend, sizes=sizes)

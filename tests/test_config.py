@@ -60,3 +60,21 @@ def test_overrides_and_missing_file(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(SuperpointsStageConfig, path)
     assert cfg.output
+
+
+def test_tuple_fields_are_typed_per_position():
+    from dataclasses import dataclass
+
+    from ssov_train.config import from_dict
+
+    @dataclass
+    class C:
+        pair: tuple[str, float] = ("a", 1.0)
+        many: tuple[int, ...] = ()
+
+    c = from_dict(C, {"pair": ["x", 2], "many": [1, 2, 3]})
+    assert c.pair == ("x", 2.0) and c.many == (1, 2, 3)
+    with pytest.raises(ConfigError, match="pair: expected 2 items"):
+        from_dict(C, {"pair": ["x"]})
+    with pytest.raises(ConfigError, match=r"many\[1\]: expected an integer"):
+        from_dict(C, {"many": [1, "two"]})

@@ -50,22 +50,25 @@ def iou_bar_chart(series: dict[str, Sequence[float]], class_names: Sequence[str]
 
 def camera_overlay_grid(images: Sequence[np.ndarray], titles: Sequence[str], points_uv: Sequence[np.ndarray],
                         colors: Sequence[np.ndarray], path: str | Path, suptitle: str = "",
-                        legend: dict[str, np.ndarray] | None = None, point_size: float = 1.2) -> Path:
+                        legend: dict[str, np.ndarray] | None = None, point_size: float = 1.2,
+                        sizes: Sequence[np.ndarray] | None = None) -> Path:
     """Six (or any number of) images in a grid of 3 columns with projected points drawn over them.
 
-    ``colors`` are (M, 3) uint8 per point; ``legend`` maps a label to an RGB uint8 colour.
+    ``colors`` are (M, 3) uint8 per point, ``sizes`` optional (M,) marker sizes; ``legend`` maps a label to
+    an RGB uint8 colour.
     """
     n = len(images)
     cols = 3 if n > 1 else 1
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.7 * rows + (0.6 if legend else 0)))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows + (0.6 if legend else 0)))
     axes = np.atleast_1d(axes).ravel()
     for ax in axes[n:]:
         ax.axis("off")
-    for ax, img, title, uv, col in zip(axes, images, titles, points_uv, colors):
+    for i, (ax, img, title, uv, col) in enumerate(zip(axes, images, titles, points_uv, colors)):
         ax.imshow(img)
         if len(uv):
-            ax.scatter(uv[:, 0], uv[:, 1], s=point_size, c=np.asarray(col) / 255.0, linewidths=0)
+            size = point_size if sizes is None else sizes[i]
+            ax.scatter(uv[:, 0], uv[:, 1], s=size, c=np.asarray(col) / 255.0, linewidths=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, img.shape[1])
         ax.set_ylim(img.shape[0], 0)

@@ -8,6 +8,8 @@ real-sample demo and tests use, never a stand-in for an open-vocabulary model's 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -31,9 +33,10 @@ class BoxTeacher:
     def text_embeddings(self) -> None:
         return None
 
-    def predict(self, camera: CameraView, frame: Frame) -> TeacherImage:
-        if frame.boxes is None or frame.box_raw_classes is None:
-            raise DataError(f"sample {frame.token} has no 3D boxes for the box teacher")
+    def predict(self, camera: CameraView, frame: Optional[Frame] = None) -> TeacherImage:
+        if frame is None or frame.boxes is None or frame.box_raw_classes is None:
+            where = f"sample {frame.token}" if frame is not None else f"image {camera.token} (no frame given)"
+            raise DataError(f"{where} has no 3D boxes for the box teacher")
         mask_ids = np.zeros((camera.height, camera.width), np.uint16)
         prompts: list[int] = []
         prompt_to_mask: dict[int, int] = {}
