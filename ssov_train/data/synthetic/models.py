@@ -8,6 +8,7 @@ lidar and cameras to tell them apart the way they do in nuScenes (a bus is long 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import IntEnum
 
 import numpy as np
@@ -36,10 +37,14 @@ class Material(IntEnum):
     FUR = 17
 
 
-# Lidar reflectivity (0..1 of the 255 intensity scale at normal incidence); road ~12, paint and signs high.
-REFLECTIVITY = np.zeros(len(Material))
-REFLECTIVITY[[m.value for m in Material]] = [
-    0.0, 0.05, 0.35, 0.09, 0.07, 0.08, 0.06, 0.12, 0.16, 0.03, 0.02, 0.22, 0.10, 0.06, 0.85, 1.0, 0.12, 0.07]
+# Lidar reflectivity (share of the 255 intensity scale at normal incidence): asphalt ~12 like nuScenes' median
+# return, glass and tyres weak, lane paint, hi-vis and signs (retro-reflective) strong.
+_REFLECTIVITY = {Material.SKY: 0.0, Material.ASPHALT: 0.05, Material.MARKING: 0.35, Material.CONCRETE: 0.09,
+                 Material.GRASS: 0.07, Material.FOLIAGE: 0.08, Material.BARK: 0.06, Material.FACADE: 0.12,
+                 Material.PAINT: 0.16, Material.GLASS: 0.03, Material.RUBBER: 0.02, Material.METAL: 0.22,
+                 Material.CLOTH: 0.10, Material.SKIN: 0.06, Material.REFLECTIVE: 0.85, Material.SIGN: 1.0,
+                 Material.PLASTIC: 0.12, Material.FUR: 0.07}
+REFLECTIVITY = np.array([_REFLECTIVITY[m] for m in Material])  # indexed by material id
 
 # Raw nuScenes-lidarseg class ids (config/vocab/nuscenes.yaml raw_classes).
 ADULT, CHILD, WORKER, OFFICER, STROLLER, ANIMAL = 2, 3, 4, 6, 7, 1
@@ -88,9 +93,7 @@ def ellipsoid(x, y, z, rx, ry, rz, material, color) -> Part:
 def make_body(model: Model, raw_class: int, instance: int = 0) -> Body:
     """Move a ground-origin model to its box centre."""
     parts, size = model
-    for p in parts:
-        p.offset = p.offset - (0, 0, size[2] / 2)
-    return Body(parts, raw_class, instance)
+    return Body([replace(p, offset=p.offset - (0, 0, size[2] / 2)) for p in parts], raw_class, instance)
 
 
 def _wheels(xs, width, radius, tire_width=0.22) -> list[Part]:
@@ -108,8 +111,9 @@ def car(rng: np.random.Generator, paint=None) -> Model:
     paint = _pick(rng, CAR_PAINT) if paint is None else paint
     body_top = 0.58 * height
     cabin_len = length * rng.uniform(0.48, 0.58)
+    cabin_top = height - 0.05  # the painted roof sits on the windows, not flush with them
     parts = [box(0, 0, (0.3 + body_top) / 2, length, width, body_top - 0.3, Material.PAINT, paint),
-             box(-0.08 * length, 0, (body_top + height) / 2, cabin_len, width * 0.9, height - body_top,
+             box(-0.08 * length, 0, (body_top + cabin_top) / 2, cabin_len, width * 0.9, cabin_top - body_top,
                  Material.GLASS, GLASS_TINT),
              box(-0.08 * length, 0, height - 0.04, cabin_len * 0.9, width * 0.86, 0.08, Material.PAINT, paint)]
     parts += _wheels((length / 2 - 0.8, -length / 2 + 0.8), width, 0.33)
@@ -150,7 +154,7 @@ def truck(rng: np.random.Generator) -> Model:
                  box(-0.3 * length, 0, 1.25, 0.4 * length, width, 0.4, Material.PAINT, paint)]
         parts += _wheels((length / 2 - 1.0, -length / 2 + 1.1), width, 0.4)
         return parts, np.array([length, width, height])
-    length, width, height = rng.uniform(6.5, 10.0), rng.uniform(2.3, 2.55), rng.uniform(3.0, 3.8)
+    length, width, height = rng.uniform(6.5, 10.0), rng.uniform(2.3, 2.55), rng.uniform(3.2, 3.8)
     cab = 2.2
     cargo = np.clip(_pick(rng, FACADES) * 1.1, 0, 1)
     parts = [box(length / 2 - cab / 2, 0, 0.5 + 1.0, cab, width, 2.0, Material.PAINT, paint),
@@ -168,8 +172,8 @@ def bus(rng: np.random.Generator, bendy: bool = False) -> Model:
         else [(0.0, length)]
     parts = []
     for x, seg in sections:
-        parts += [box(x, 0, (0.35 + height) / 2, seg, width, height - 0.35, Material.PAINT, paint),
-                  box(x, 0, 1.2 + (height - 1.6) / 2 + 0.2, seg * 0.96, width + 0.04, height - 1.6,
+        parts += [box(x, 0, (0.35 + height) / 2, seg, width - 0.04, height - 0.35, Material.PAINT, paint),
+                  box(x, 0, 1.2 + (height - 1.6) / 2 + 0.2, seg * 0.96, width, height - 1.6,
                       Material.GLASS, GLASS_TINT)]
     if bendy:
         parts.append(box(0, 0, height / 2 + 0.2, 1.2, width * 0.9, height - 0.6, Material.RUBBER, TIRE))
@@ -189,7 +193,7 @@ def trailer(rng: np.random.Generator) -> Model:
 def excavator(rng: np.random.Generator) -> Model:
     """Tracked excavator with a raised boom (vehicle.construction)."""
     yellow = np.array([0.95, 0.7, 0.05]) * rng.uniform(0.85, 1.0)
-    length, width, height = rng.uniform(8.0, 9.5), 3.0, rng.uniform(3.6, 4.2)
+    length, width, height = rng.uniform(8.0, 9.5), 3.0, 4.1
     parts = [box(-1.0, 1.1, 0.45, 4.2, 0.8, 0.9, Material.RUBBER, TIRE),
              box(-1.0, -1.1, 0.45, 4.2, 0.8, 0.9, Material.RUBBER, TIRE),
              box(-1.2, 0, 1.55, 3.6, 2.8, 1.3, Material.PAINT, yellow),
@@ -216,8 +220,8 @@ def two_wheeler(rng: np.random.Generator, motor: bool, rider: bool) -> Model:
         clothes = _pick(rng, CLOTHES)
         seat = radius + frame_h + 0.2
         parts += [box(-0.15, 0, seat + 0.3, 0.32, 0.42, 0.6, Material.CLOTH, clothes),
-                  ellipsoid(-0.05, 0, seat + 0.75, 0.13, 0.12, 0.15,
-                            Material.PAINT if motor else Material.SKIN, (0.15, 0.15, 0.15) if motor else (0.8, 0.65, 0.5)),
+                  ellipsoid(-0.05, 0, seat + 0.75, 0.13, 0.12, 0.15, *((Material.PAINT, (0.15,) * 3) if motor
+                                                                        else (Material.SKIN, (0.8, 0.65, 0.5)))),
                   box(0.1, 0, seat - 0.15, 0.3, 0.4, 0.35, Material.CLOTH, clothes * 0.6)]
         height = seat + 0.9
     return parts, np.array([length, width, height])
@@ -303,7 +307,7 @@ def street_lamp(rng: np.random.Generator, reach: float) -> Model:
     grey = (0.45, 0.47, 0.5)
     return [cylinder(0, 0, height / 2, 0.1, height, Material.METAL, grey),
             box(0, reach / 2, height - 0.1, 0.12, reach, 0.12, Material.METAL, grey),
-            box(0, reach - 0.3, height - 0.3, 0.3, 0.7, 0.2, Material.METAL, (0.9, 0.9, 0.8))], \
+            box(0, reach - 0.35, height - 0.3, 0.3, 0.7, 0.2, Material.METAL, (0.9, 0.9, 0.8))], \
         np.array([0.3, 2 * reach, height])
 
 
