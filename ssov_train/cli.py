@@ -21,11 +21,21 @@ def _shard(text: str) -> tuple[int, int]:
     return i - 1, n
 
 
+def _override(text: str) -> tuple[str, object]:
+    """'a.b=value' with the value parsed as YAML (so numbers, booleans and lists keep their types)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set needs KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
 def _load_stage(args):
     from .config import load_config
     from .pipeline import Stage, SuperpointsStageConfig
 
-    overrides = {}
+    overrides = dict(args.set or [])
     if getattr(args, "split", None):
         overrides["dataset.split"] = args.split
     if getattr(args, "output", None):
@@ -85,7 +95,7 @@ def _print_report(report: dict) -> None:
             "miou_all_points", "accuracy_labelled_points", "box_points", "box_points_labelled_fraction",
             "box_points_accuracy"]
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=1))
-    print(f"report: {report['output']}/report.json")
+    print("report: " + ", ".join(report["files"].values()))
 
 
 def _report_failures(failures) -> int:
@@ -116,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cfg", required=True, help="stage config YAML (config/superpoints_*.yaml)")
         sp.add_argument("--split", help="override dataset.split")
         sp.add_argument("--output", help="override output")
+        sp.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set projection.multi_camera=last (repeatable)")
         if shardable:
             sp.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process the i-th of n shards")
             sp.add_argument("--overwrite", action="store_true", help="recompute samples already done")

@@ -112,13 +112,15 @@ def run_superpoints_stage(stage: Stage, shard: tuple[int, int] = (0, 1), overwri
             "teacher": {"format": cfg.teacher.format, "root": str(cfg.teacher.root)},
             "projection": to_dict(cfg.projection)}
     return run_superpoints(stage.reader, stage.tokens(), stage.teacher(), stage.dictionary, cfg.projection,
-                           cfg.output, shard=shard, overwrite=overwrite, progress=progress, run_info=info)
+                           cfg.output, split=cfg.dataset.split, shard=shard, overwrite=overwrite,
+                           progress=progress, run_info=info)
 
 
 def run_report(stage: Stage, progress: bool = True) -> dict:
     from .evaluation.pseudo_labels import pseudo_label_report
 
-    return pseudo_label_report(stage.cfg.output, stage.reader, stage.dictionary, progress=progress)
+    return pseudo_label_report(stage.cfg.output, stage.cfg.dataset.split, stage.reader, stage.dictionary,
+                               progress=progress)
 
 
 def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Literal["depth", "pseudo_label"] = "depth") -> Path:

@@ -10,16 +10,18 @@ read files instead of re-projecting (the reference re-projects every sample on t
 * pseudo-labels: the evaluation class of the point, decided by a score-weighted vote over its pairings
   (``multi_camera: vote``) or by the last camera, as the reference does (``multi_camera: last``).
 
-Stored per sample as ``<out>/samples/<sample token>.npz`` (compressed) plus ``<out>/manifest.json``.
+Stored per sample as ``<out>/samples/<sample token>.npz`` (compressed) plus one ``<out>/manifest_<split>.json``
+per split, so several splits can share an output directory.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -220,10 +222,14 @@ def shard_tokens(tokens: list[str], shard: tuple[int, int]) -> list[str]:
 
 
 def run_superpoints(reader, tokens: list[str], teacher: TeacherSource, dictionary: ClassDictionary,
-                    cfg: ProjectionConfig, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
+                    cfg: ProjectionConfig, out_dir: str | Path, split: str = "all", shard: tuple[int, int] = (0, 1),
                     overwrite: bool = False, progress: bool = True, run_info: Optional[dict] = None) -> RunResult:
     """Compute and store superpoints for ``tokens`` (this shard's part); resumable, skips bad samples."""
     out_dir = Path(out_dir)
+    manifest = manifest_path(out_dir, split)  # validates the split name before any work
+    settings = {"projection": asdict(cfg), "teacher": teacher.name, "vocabulary": dictionary.name,
+                "num_prompts": dictionary.num_prompts}
+    _check_settings(out_dir, settings, overwrite)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     result = RunResult()
     t0 = time.perf_counter()
@@ -242,37 +248,61 @@ def run_superpoints(reader, tokens: list[str], teacher: TeacherSource, dictionar
             result.failed.append((token, str(e)))
             bar.write(f"skipped sample {token}: {e}")
     result.seconds = time.perf_counter() - t0
-    write_manifest(out_dir, tokens, result, run_info or {})
+    write_manifest(manifest, tokens, result, {"split": split, **(run_info or {})})
     return result
 
 
-def write_manifest(out_dir: Path, tokens: list[str], result: RunResult, run_info: dict) -> dict:
-    """``manifest.json``: every sample of the split with its file, or why it is missing."""
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Resuming must not mix samples made with other settings into one output directory."""
+    path = out_dir / "settings.json"
+    if path.exists() and not overwrite:
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON ({e})") from None
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise DataError(f"{out_dir} holds superpoints made with other settings ({', '.join(changed)} differ); "
+                            "use another output directory, or --overwrite to recompute everything")
+    if overwrite or not path.exists():
+        write_json_atomic(path, settings)
+
+
+def manifest_path(out_dir: str | Path, split: str) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", split):
+        raise DataError(f"split name {split!r} must be letters, digits, '_', '-' or '.'")
+    return Path(out_dir) / f"manifest_{split}.json"
+
+
+def write_manifest(path: Path, tokens: list[str], result: RunResult, run_info: dict) -> dict:
+    """The split's manifest: every sample of the split with its file, or why it is missing."""
+    out_dir = path.parent
     failed = dict(result.failed)
     samples, missing = [], []
     for token in tokens:
-        path = sample_path(out_dir, token)
-        if path.exists():
-            samples.append({"token": token, "file": str(path.relative_to(out_dir))})
+        sample_file = sample_path(out_dir, token)
+        if sample_file.exists():
+            samples.append({"token": token, "file": str(sample_file.relative_to(out_dir))})
         else:
             missing.append({"token": token, "reason": failed.get(token, "not computed yet (another shard?)")})
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **run_info,
                 "num_samples": len(samples), "num_missing": len(missing), "samples": samples, "missing": missing}
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_json_atomic(path, manifest)
     return manifest
 
 
-def read_manifest(out_dir: str | Path) -> dict:
-    p = Path(out_dir) / "manifest.json"
+def read_manifest(out_dir: str | Path, split: str) -> dict:
+    p = manifest_path(out_dir, split)
     try:
         return json.loads(p.read_text())
     except FileNotFoundError:
-        raise DataError(f"no superpoints at {out_dir} (missing manifest.json); run `ssov-train superpoints` first") from None
+        raise DataError(f"no superpoints for split {split!r} at {out_dir} (missing {p.name}); "
+                        "run `ssov-train superpoints` first") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: invalid JSON ({e})") from None
 
 
-def iter_superpoints(out_dir: str | Path) -> Iterable[SuperpointSample]:
+def iter_superpoints(out_dir: str | Path, split: str) -> Iterable[SuperpointSample]:
     out_dir = Path(out_dir)
-    for entry in read_manifest(out_dir)["samples"]:
+    for entry in read_manifest(out_dir, split)["samples"]:
         yield load_superpoints(out_dir / entry["file"])

@@ -31,7 +31,7 @@ def test_teach_superpoints_report_overlay_on_real_sample(sample_cfg, tmp_path, c
     assert main(["teach", "--cfg", str(sample_cfg)]) == 0
     assert len(list((tmp_path / "teacher" / "images").glob("*.npz"))) == 6
     assert main(["superpoints", "--cfg", str(sample_cfg)]) == 0
-    report = json.loads((tmp_path / "sp" / "report.json").read_text())
+    report = json.loads((tmp_path / "sp" / "report_train.json").read_text())
     assert report["num_samples"] == 1 and report["num_points"] == 34688
     # Box-derived masks label the points inside boxes, and mostly with the box's own class.
     assert report["box_points_labelled_fraction"] > 0.9
@@ -67,6 +67,17 @@ def test_missing_teacher_outputs_and_bad_config_are_one_line_errors(sample_cfg, 
     bad.write_text(sample_cfg.read_text().replace("occlusion:", "occlusoin:"))
     assert main(["report", "--cfg", str(bad)]) == 2
     assert "did you mean 'occlusion'" in capsys.readouterr().err
+
+
+def test_set_overrides_are_typed_and_validated(sample_cfg, tmp_path, capsys):
+    assert main(["teach", "--cfg", str(sample_cfg)]) == 0
+    out = tmp_path / "sp_last"
+    assert main(["superpoints", "--cfg", str(sample_cfg), "--output", str(out), "--no-report",
+                 "--set", "projection.multi_camera=last", "--set", "projection.occlusion=false"]) == 0
+    info = json.loads((out / "manifest_train.json").read_text())["projection"]
+    assert info["multi_camera"] == "last" and info["occlusion"] is False
+    assert main(["superpoints", "--cfg", str(sample_cfg), "--set", "projection.min_depth=near"]) == 2
+    assert "projection.min_depth: expected a number" in capsys.readouterr().err
 
 
 def test_shard_argument_validation():

@@ -151,19 +151,29 @@ def test_runner_resumes_shards_and_lists_bad_samples(tmp_path):
     store = _store(tmp_path, {"c0": _uniform(CAR)})
     reader, out = _Reader(), tmp_path / "sp"
     tokens = reader.split_tokens("all")
-    first = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, shard=(0, 2), progress=False)
-    second = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, shard=(1, 2), progress=False)
+    first = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, "train", shard=(0, 2), progress=False)
+    second = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, "train", shard=(1, 2), progress=False)
     assert sorted(first.done + second.done) == ["s0", "s1", "s3", "s4"]
     assert set(first.done).isdisjoint(second.done)
     assert [t for t, _ in first.failed + second.failed] == ["s2"]
     assert "no output" in (first.failed + second.failed)[0][1]
-    again = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, progress=False)
+    again = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, "train", progress=False)
     assert again.done == [] and sorted(again.skipped) == ["s0", "s1", "s3", "s4"]
-    manifest = read_manifest(out)
+    manifest = read_manifest(out, "train")
     assert manifest["num_samples"] == 4 and [m["token"] for m in manifest["missing"]] == ["s2"]
     assert "no output" in manifest["missing"][0]["reason"]
     assert not list(out.rglob("*.tmp"))
-    assert json.loads((out / "manifest.json").read_text())["version"] == 1
+    assert json.loads((out / "manifest_train.json").read_text())["version"] == 1
+    # Another split into the same directory keeps its own manifest and leaves this one alone.
+    run_superpoints(reader, tokens[:1], store, DICT, ProjectionConfig(), out, "val", progress=False)
+    assert read_manifest(out, "val")["num_samples"] == 1 and read_manifest(out, "train")["num_samples"] == 4
+    with pytest.raises(DataError, match="other settings \\(projection differ\\)"):
+        run_superpoints(reader, tokens, store, DICT, ProjectionConfig(multi_camera="last"), out, "train", progress=False)
+    redo = run_superpoints(reader, tokens, store, DICT, ProjectionConfig(multi_camera="last"), out, "train",
+                           overwrite=True, progress=False)
+    assert sorted(redo.done) == ["s0", "s1", "s3", "s4"]
+    with pytest.raises(DataError, match="split name"):
+        run_superpoints(reader, tokens, store, DICT, ProjectionConfig(), out, "../x", progress=False)
     assert load_superpoints(sample_path(out, "s0")).pseudo_label.tolist() == [4, 4, 4]
 
 

@@ -16,23 +16,23 @@ from .metrics import accuracy, confusion_matrix, mean_iou, per_class_iou
 from .plots import iou_bar_chart
 
 
-def pseudo_label_report(out_dir: str | Path, reader, dictionary: ClassDictionary, title: str = "",
+def pseudo_label_report(out_dir: str | Path, split: str, reader, dictionary: ClassDictionary, title: str = "",
                         progress: bool = True) -> dict:
-    """Write ``report.json`` and ``report_iou.png`` into ``out_dir`` and return the report.
+    """Write ``report_<split>.json`` and ``report_<split>_iou.png`` into ``out_dir`` and return the report.
 
     Two IoU views: over points that received a pseudo-label (how right the labels are), and over all
     points with ground truth, unlabelled ones counting as misses (how much of the scan they cover).
     On frames with only 3D boxes as ground truth, the report gives agreement inside the boxes.
     """
     out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
+    manifest = read_manifest(out_dir, split)
     c = dictionary.num_classes
     cm_labelled = np.zeros((c, c), np.int64)
     cm_all = np.zeros((c, c), np.int64)
     n_points = n_paired = n_labelled = n_box = n_box_labelled = n_box_correct = 0
     n_gt_frames = 0
     failed = []
-    samples = iter_superpoints(out_dir)
+    samples = iter_superpoints(out_dir, split)
     for sp in tqdm(samples, total=manifest["num_samples"], desc="report", unit="scan", disable=not progress):
         try:
             frame = reader.load(sp.token)
@@ -61,7 +61,7 @@ def pseudo_label_report(out_dir: str | Path, reader, dictionary: ClassDictionary
             n_box_correct += int((scored & labelled & (sp.pseudo_label == box_eval)).sum())
 
     report: dict = {
-        "output": str(out_dir), "vocabulary": dictionary.name, "num_samples": manifest["num_samples"],
+        "output": str(out_dir), "split": split, "vocabulary": dictionary.name, "num_samples": manifest["num_samples"],
         "num_missing": manifest["num_missing"], "num_points": n_points,
         "paired_fraction": n_paired / max(n_points, 1), "labelled_fraction": n_labelled / max(n_points, 1),
         "failed": failed,
@@ -77,13 +77,16 @@ def pseudo_label_report(out_dir: str | Path, reader, dictionary: ClassDictionary
             "confusion_labelled_points": cm_labelled.tolist(),
         })
         iou_bar_chart({"labelled points": iou_l, "all points (unlabelled = miss)": iou_a},
-                      dictionary.eval_classes, dictionary.palette, out_dir / "report_iou.png",
-                      title or f"Pseudo-label IoU vs ground truth ({n_gt_frames} scans, "
+                      dictionary.eval_classes, dictionary.palette, out_dir / f"report_{split}_iou.png",
+                      title or f"Pseudo-label IoU vs ground truth ({split}: {n_gt_frames} scans, "
                                f"{100 * report['labelled_fraction']:.1f}% of points labelled)")
     if n_box:
         report.update({"box_points": n_box, "box_points_labelled_fraction": n_box_labelled / n_box,
                        "box_points_accuracy": n_box_correct / max(n_box_labelled, 1)})
-    write_json_atomic(out_dir / "report.json", report)
+    report["files"] = {"json": str(out_dir / f"report_{split}.json")}
+    if n_gt_frames:
+        report["files"]["png"] = str(out_dir / f"report_{split}_iou.png")
+    write_json_atomic(out_dir / f"report_{split}.json", report)
     return report
 
 
