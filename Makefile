@@ -34,6 +34,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_superpoints.py
+	$(PY) bench/bench_models.py
+	$(PY) bench/bench_afi.py
 
 clean:
 	rm -rf demo_out runs .pytest_cache
