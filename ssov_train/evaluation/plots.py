@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
@@ -29,12 +30,16 @@ def iou_bar_chart(series: dict[str, Sequence[float]], class_names: Sequence[str]
     fig, ax = plt.subplots(figsize=(max(8.0, 0.62 * n_cls * max(1, n_ser) ** 0.5), 4.6))
     width = 0.8 / max(n_ser, 1)
     hatches = ["", "//", "..", "xx"]
+    legend_handles = []
     for s, (label, values) in enumerate(series.items()):
         vals = np.asarray(values, dtype=np.float64) * 100
         x = np.arange(n_cls) + (s - (n_ser - 1) / 2) * width
         colors = palette[1:1 + n_cls] / 255.0
         ax.bar(x, np.nan_to_num(vals), width, color=colors, edgecolor="black", linewidth=0.5,
-               hatch=hatches[s % len(hatches)], label=f"{label}: mIoU {np.nanmean(vals):.1f}")
+               hatch=hatches[s % len(hatches)])
+        # Legend swatches in neutral grey: the bars' colours belong to the classes, not the series.
+        legend_handles.append(Patch(facecolor="0.85", edgecolor="black", hatch=hatches[s % len(hatches)],
+                                    label=f"{label}: mIoU {np.nanmean(vals):.1f}"))
         for xi, v in zip(x, vals):
             ax.text(xi, (0 if np.isnan(v) else v) + 1, "n/a" if np.isnan(v) else f"{v:.0f}",
                     ha="center", va="bottom", fontsize=6.5, rotation=90 if n_ser > 1 else 0)
@@ -43,7 +48,7 @@ def iou_bar_chart(series: dict[str, Sequence[float]], class_names: Sequence[str]
     ax.set_ylim(0, 110)
     ax.set_ylabel("IoU (%)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    ax.legend(handles=legend_handles, fontsize=8, loc="upper right", framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -86,3 +91,133 @@ def depth_colors(depth: np.ndarray, max_depth: float = 50.0) -> np.ndarray:
     """Turbo colour map of depth, (M, 3) uint8."""
     cmap = plt.get_cmap("turbo")
     return (cmap(np.clip(depth / max_depth, 0, 1))[:, :3] * 255).astype(np.uint8)
+
+
+def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str,
+                      normalize: str | None = "row", ignore_index: int | None = 0) -> Path:
+    """Confusion matrix (rows ground truth, columns prediction) as a heat map, in % when normalised.
+
+    ``normalize``: ``'row'`` (share of each ground-truth class), ``'col'`` (share of each predicted class)
+    or ``None`` (raw counts).  The row of ``ignore_index`` (zeroed by the protocol) is not drawn, and its
+    column only when some labelled point was predicted as it.  Rows without points are left blank; cells
+    are annotated while the matrix is small enough to read them.
+    """
+    if normalize not in ("row", "col", None):
+        raise ValueError(f"normalize must be 'row', 'col' or None, got {normalize!r}")
+    cm = np.asarray(cm, dtype=np.float64)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {k} class names")
+    rows = [i for i in range(k) if i != ignore_index]
+    cols = [i for i in range(k) if i != ignore_index or cm[:, i].sum() > 0]
+    support_rows, support_cols = cm.sum(1), cm.sum(0)  # over all columns / rows, shown or not
+    sub = cm[np.ix_(rows, cols)]
+    if normalize == "row":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = 100 * sub / support_rows[rows, None]
+    elif normalize == "col":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = 100 * sub / support_cols[None, cols]
+    else:
+        values = sub.copy()
+    values[support_rows[rows] == 0] = np.nan  # no ground truth: blank row
+
+    cell = 0.42 if len(cols) <= 20 else 0.3
+    fig, ax = plt.subplots(figsize=(2.8 + cell * len(cols), 1.8 + cell * len(rows)))
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#eeeeee")
+    vmax = 100.0 if normalize else max(float(np.nanmax(values)) if np.isfinite(values).any() else 1.0, 1.0)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=vmax, aspect="equal")
+    if len(cols) <= 24:
+        font = 7 if len(cols) <= 17 else 5.5
+        for r in range(len(rows)):
+            for c in range(len(cols)):
+                v = values[r, c]
+                if np.isnan(v) or (normalize and v < 0.5) or (not normalize and v == 0):
+                    continue
+                text = (f"{v:.0f}" if v >= 9.5 else f"{v:.1f}") if normalize else _short_count(v)
+                weight = "bold" if rows[r] == cols[c] else "normal"
+                ax.text(c, r, text, ha="center", va="center", fontsize=font, fontweight=weight,
+                        color="white" if v > 0.55 * vmax else "black")
+    row_labels = [f"{class_names[i]} ({_short_count(support_rows[i])})" for i in rows]
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels(row_labels, fontsize=8)
+    ax.set_xticks(np.arange(len(cols)))
+    ax.set_xticklabels([class_names[i] for i in cols], rotation=50, ha="right", fontsize=8)
+    ax.set_ylabel("ground truth (points)")
+    ax.set_xlabel("prediction")
+    ax.set_xticks(np.arange(len(cols) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.6)
+    ax.tick_params(which="minor", length=0)
+    unit = {"row": "% of ground-truth row", "col": "% of predicted column", None: "points"}[normalize]
+    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02).set_label(unit, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _short_count(n: float) -> str:
+    n = float(n)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+_BEV_BACKGROUND = "#4a4e57"  # mid-dark: both near-white (manmade) and dark (sidewalk) palette colours show
+
+
+def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette: np.ndarray,
+                   class_names: Sequence[str], path: str | Path, title: str, extent: float = 50.0) -> Path:
+    """Bird's-eye view of one scan: ground truth, prediction, and errors (gt != pred, gt > 0) in red.
+
+    ``points`` (N, 3+) in the sensor frame (ego at the centre, axes in metres, ``extent`` metres each
+    way); ``palette`` (C, 3) uint8 indexed by label and ``class_names`` by label (index 0 = ignore).
+    Points with ground truth 0 are drawn faintly in every panel; the legend lists the classes present.
+    """
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    gt = np.asarray(gt, dtype=np.int64).ravel()
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    if not len(xy) == len(gt) == len(pred):
+        raise ValueError(f"{len(xy)} points, {len(gt)} ground-truth and {len(pred)} predicted labels")
+    pal = np.asarray(palette, dtype=np.float64) / 255.0
+    inside = (np.abs(xy) <= extent).all(1)
+    xy, gt, pred = xy[inside], gt[inside], pred[inside]
+    labelled = gt > 0
+    wrong = labelled & (gt != pred)
+    size = float(np.clip(15000.0 / max(len(xy), 1), 0.3, 4.0)) * (50.0 / extent) ** 0.5
+
+    fig, axes = plt.subplots(1, 3, figsize=(17.5, 6.6), sharex=True, sharey=True)
+    n_lab = int(labelled.sum())
+    err_title = f"errors: {int(wrong.sum())} of {n_lab} labelled points ({100 * wrong.sum() / max(n_lab, 1):.1f}%)"
+    panels = [("ground truth", pal[gt]), ("prediction", pal[pred]),
+              (err_title, np.where(wrong[:, None], np.array([0.95, 0.1, 0.1]), np.array([0.72, 0.72, 0.72])))]
+    for ax, (name, colors) in zip(axes, panels):
+        ax.set_facecolor(_BEV_BACKGROUND)
+        ax.scatter(xy[~labelled, 0], xy[~labelled, 1], s=size, c="#d0d0d0", alpha=0.18, linewidths=0,
+                   rasterized=True)
+        order, sizes = np.flatnonzero(labelled), size
+        if name == err_title:  # errors on top of correct points, and larger
+            order = order[np.argsort(wrong[order], kind="stable")]
+            sizes = np.where(wrong[order], 2.5 * size, size)
+        ax.scatter(xy[order, 0], xy[order, 1], s=sizes, c=colors[order], linewidths=0, rasterized=True)
+        ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("x (m)")
+        ax.grid(color="white", alpha=0.12, linewidth=0.5)
+    axes[0].set_ylabel("y (m)")
+
+    present = np.union1d(np.unique(gt[labelled]), np.unique(pred[labelled]))
+    handles = [plt.Line2D([], [], marker="s", ls="", markersize=8, color=pal[c], markeredgecolor="#555555",
+                          label=class_names[c]) for c in present]
+    handles += [plt.Line2D([], [], marker="s", ls="", markersize=8, color=c, markeredgecolor="#555555", label=lab)
+                for c, lab in ((np.array([0.72, 0.72, 0.72]), "correct"), (np.array([0.95, 0.1, 0.1]), "error"),
+                               (np.array([0.82, 0.82, 0.82, 0.35]), f"{class_names[0]} (no ground truth)"))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8.5, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    rows = int(np.ceil(len(handles) / 8))
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * rows, 1, 0.96))
+    fig.subplots_adjust(wspace=0.12)
+    return _save(fig, path, dpi=90)

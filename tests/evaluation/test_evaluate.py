@@ -1,0 +1,142 @@
+"""Split evaluation: confusion and IoU on hand-computed labels, JSON and figures on disk, the AFI hook."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ssov_train.evaluation.evaluate import EvaluationAccumulator, apply_afi, freq_weighted_iou, fw_iou
+from ssov_train.evaluation.plots import bev_comparison, confusion_heatmap
+from ssov_train.vocab import load_dictionary
+
+DICT = load_dictionary("nuscenes")
+C = DICT.num_classes
+CAR, ROAD, VEG = (DICT.eval_index(n) for n in ("car", "driveable_surface", "vegetation"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _points(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-30, 30, (n, 3)).astype(np.float32)
+
+
+def _crafted():
+    """Ten points, three classes (car, road, vegetation) plus two ignore points.
+
+    GT:   car car car road road road road veg | 0   0
+    pred: car car road road road road car veg | car veg
+    car: TP 2, GT 3, pred 3 -> IoU 2 / 4;  road: TP 3, GT 4, pred 4 -> 3 / 5;  veg: TP 1, GT 1, pred 1 -> 1.
+    """
+    gt = np.array([CAR, CAR, CAR, ROAD, ROAD, ROAD, ROAD, VEG, 0, 0])
+    pred = np.array([CAR, CAR, ROAD, ROAD, ROAD, ROAD, CAR, VEG, CAR, VEG])
+    return gt, pred
+
+
+def _finalize(tmp_path, scans, bev_scans=1):
+    acc = EvaluationAccumulator(DICT, tmp_path, bev_scans=bev_scans)
+    for token, pts, gt, pred in scans:
+        acc.add_scan(token, pts, gt, pred)
+    return acc.finalize("test")
+
+
+def test_hand_computed_metrics_and_json(tmp_path):
+    gt, pred = _crafted()
+    m = _finalize(tmp_path, [("scan_a", _points(10), gt, pred)])
+    iou = m["per_class_iou"]
+    assert iou["car"] == pytest.approx(0.5) and iou["driveable_surface"] == pytest.approx(0.6)
+    assert iou["vegetation"] == pytest.approx(1.0)
+    assert iou["bus"] is None and iou["manmade"] is None  # absent from both: undefined, not in the mean
+    assert m["miou"] == pytest.approx((0.5 + 0.6 + 1.0) / 3)
+    assert m["accuracy"] == pytest.approx(6 / 8)  # the two ignore points count nowhere
+    assert m["fwiou"] == pytest.approx(6 / (2 * 8 - 6))  # reference: sum(TP) / (2N - sum(TP))
+    assert m["freq_weighted_iou"] == pytest.approx(3 / 8 * 0.5 + 4 / 8 * 0.6 + 1 / 8 * 1.0)
+    assert m["num_scans"] == 1 and m["num_points"] == 10 and m["num_labelled_points"] == 8
+    cm = np.array(m["confusion"]["matrix"])
+    assert cm.shape == (C, C) and cm.sum() == 8 and cm[0].sum() == 0
+    assert cm[CAR, ROAD] == 1 and cm[ROAD, CAR] == 1 and cm[ROAD, ROAD] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(m))
+
+
+def test_figures_written_atomically(tmp_path):
+    gt, pred = _crafted()
+    scans = [(f"scene-1/s{i}", _points(10, i), gt, pred) for i in range(3)]
+    m = _finalize(tmp_path, scans, bev_scans=2)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["bev_scene-1_s0.png", "bev_scene-1_s1.png", "confusion.png", "iou.png"]
+    for name in pngs:
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    assert set(m["files"]) == {"json", "iou_png", "confusion_png", "bev_scene-1_s0", "bev_scene-1_s1"}
+
+
+def test_two_scans_equal_one_concatenated_scan(tmp_path):
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, C, 500)
+    pred = np.where(rng.random(500) < 0.7, gt, rng.integers(1, C, 500))
+    pts = _points(500)
+    halves = [("a", pts[:200], gt[:200], pred[:200]), ("b", pts[200:], gt[200:], pred[200:])]
+    split = _finalize(tmp_path / "split", halves)
+    whole = _finalize(tmp_path / "whole", [("ab", pts, gt, pred)], bev_scans=0)
+    for key in ("miou", "accuracy", "fwiou", "freq_weighted_iou", "per_class_iou", "confusion", "num_points"):
+        assert split[key] == whole[key]
+    assert split["num_scans"] == 2 and not list((tmp_path / "whole").glob("bev_*"))
+
+
+def test_pooled_scores_on_a_bare_matrix():
+    cm = np.zeros((3, 3), np.int64)
+    cm[1] = [1, 4, 1]  # one labelled point predicted as ignore: a miss
+    cm[2] = [0, 2, 2]
+    # IoU: class 1 = 4 / (6 + 6 - 4), class 2 = 2 / (4 + 3 - 2); pooled TP 6 of N 10
+    assert fw_iou(cm) == pytest.approx(6 / 14)
+    assert freq_weighted_iou(cm) == pytest.approx(0.6 * 4 / 8 + 0.4 * 2 / 5)
+    assert np.isnan(fw_iou(np.zeros((3, 3)))) and np.isnan(freq_weighted_iou(np.zeros((3, 3))))
+
+
+def test_calibration_from_probs(tmp_path):
+    gt, pred = _crafted()
+    probs = np.full((10, C), 0.1 / (C - 1), np.float32)
+    probs[np.arange(10), pred] = 0.9
+    acc = EvaluationAccumulator(DICT, tmp_path, bev_scans=0)
+    acc.add_scan("a", _points(10), gt, pred, probs)
+    cal = acc.finalize()["calibration"]
+    assert cal["num_points"] == 8 and cal["mean_confidence"] == pytest.approx(0.9)
+    assert cal["ece"] == pytest.approx(abs(0.9 - 6 / 8))
+    with pytest.raises(ValueError, match="probs"):
+        acc.add_scan("b", _points(10), gt, pred, probs[:, :5])
+
+
+def test_rejects_bad_input(tmp_path):
+    acc = EvaluationAccumulator(DICT, tmp_path)
+    with pytest.raises(ValueError, match="no scans"):
+        acc.finalize()
+    with pytest.raises(ValueError, match="points"):
+        acc.add_scan("a", _points(5), np.ones(5, int), np.ones(4, int))
+    with pytest.raises(ValueError, match="outside"):
+        acc.add_scan("a", _points(5), np.ones(5, int), np.full(5, C))
+
+
+def test_apply_afi_cleans_a_noisy_strip_on_a_flat_road():
+    a, b = np.meshgrid(np.arange(-15, 15, 0.3), np.arange(-15, 15, 0.3), indexing="ij")
+    pts = np.c_[a.ravel(), b.ravel(), np.full(a.size, -1.84)]
+    pts = (pts + np.random.default_rng(0).normal(0, 0.01, pts.shape)).astype(np.float32)
+    gt = np.full(len(pts), ROAD)
+    pred = gt.copy()
+    strip = (pts[:, 0] > 6) & (pts[:, 0] < 7)
+    pred[strip] = VEG
+    refined = apply_afi(pts, pred, DICT)
+    assert refined.shape == gt.shape
+    assert np.mean(refined == gt) > np.mean(pred == gt)
+    assert np.mean(refined[strip] == ROAD) > 0.9 and np.mean(refined[~strip] == ROAD) > 0.99
+
+
+def test_plot_functions_directly(tmp_path):
+    cm = np.zeros((C, C), np.int64)
+    cm[CAR, CAR], cm[CAR, 0], cm[ROAD, ROAD] = 90, 10, 50  # some labelled points predicted as ignore
+    for norm in ("row", "col", None):
+        out = confusion_heatmap(cm, DICT.class_names, tmp_path / f"cm_{norm}.png", "t", normalize=norm)
+        assert out.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="normalize"):
+        confusion_heatmap(cm, DICT.class_names, tmp_path / "x.png", "t", normalize="all")
+    gt, pred = _crafted()
+    out = bev_comparison(_points(10), gt, pred, DICT.palette, DICT.class_names, tmp_path / "bev.png", "t", 20.0)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert not list(tmp_path.glob(".*"))
