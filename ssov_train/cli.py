@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,48 @@ def cmd_overlay(args) -> int:
     return 0
 
 
+def _load_train_config(args, stages: tuple[str, ...]):
+    """The stage config of a training command; a config of another stage gets one clear error."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .training.stages import TrainConfig
+
+    overrides = dict(args.set or [])
+    if getattr(args, "output", None):
+        overrides["output"] = args.output
+    cfg = load_config(TrainConfig, args.cfg, overrides)
+    if cfg.stage not in stages:
+        raise ConfigError(f"{args.cfg} configures stage {cfg.stage}; `ssov-train {args.command}` runs "
+                          f"{' / '.join(stages)} configs")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .training.engine import train
+    from .training.stages import build_task
+
+    stage = args.command.replace("-", "_")
+    cfg = _load_train_config(args, (stage,))
+    task = build_task(cfg, getattr(args, "pretraining_path", None))
+    if task.init_report:
+        print(task.init_report)
+    result = train(task, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary line
+        print(f"{stage}: {result['epoch']} epochs, {result['global_step']} steps -> {result['last']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .training.stages import run_evaluation
+
+    cfg = _load_train_config(args, ("annotation_free", "downstream"))
+    metrics = run_evaluation(cfg, Path(args.resume_path), Path(args.out) if args.out else None, afi=args.afi)
+    miou = metrics["miou"]
+    print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {metrics['num_scans']} scans "
+          f"-> {metrics['files']['json']}")
+    return 0
+
+
 def _print_report(report: dict) -> None:
     keys = ["num_samples", "num_missing", "paired_fraction", "labelled_fraction", "miou_labelled_points",
             "miou_all_points", "accuracy_labelled_points", "box_points", "box_points_labelled_fraction",
@@ -142,6 +185,30 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--sample", help="sample token (default: first of the split)")
     ov.add_argument("--out", required=True, help="PNG path")
     ov.add_argument("--color-by", choices=["depth", "pseudo_label"], default="depth")
+
+    def train_parser(name: str, help_: str, pretraining: bool):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--cfg", required=True, help="stage config YAML (config/{pretrain,annotation_free,semseg}_*.yaml)")
+        sp.add_argument("--output", help="override output (the run directory)")
+        sp.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set optim.epochs=2 (repeatable)")
+        sp.add_argument("--resume", action="store_true", help="continue the run in the output directory from last.pt")
+        if pretraining:
+            sp.add_argument("--pretraining-path", type=Path,
+                            help="checkpoint to initialise from (all shape-matching weights; a TMP head is skipped)")
+        sp.set_defaults(func=cmd_train)
+        return sp
+
+    train_parser("pretrain", "TMP pre-training: superpoints x teacher mask features x text", False)
+    train_parser("annotation-free", "distil the teacher's pseudo-labels into the 3D network", True)
+    train_parser("downstream", "finetune (dataset_skip_step) or linear-probe (freeze_layers) on ground truth", True)
+    ev = sub.add_parser("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
+    ev.add_argument("--cfg", required=True, help="the annotation_free / semseg config the checkpoint was trained with")
+    ev.add_argument("--resume-path", required=True, help="checkpoint to evaluate")
+    ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
+    ev.add_argument("--out", help="output directory (default: eval_<split>[_afi] next to the checkpoint)")
+    ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 

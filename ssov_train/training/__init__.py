@@ -1,0 +1,1 @@
+"""Training stages (TMP pre-training, annotation-free, downstream), evaluation and the shared checkpoint format."""

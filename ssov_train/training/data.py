@@ -1,0 +1,206 @@
+"""Voxelized scans for training and evaluation, and the collate that batches them for spconv.
+
+Three sources of per-voxel supervision, one dataset class:
+
+* ``pseudo``: the per-point pseudo-labels of ``ssov-train superpoints`` (annotation-free training);
+* ``gt``: the reader's ground-truth labels (downstream finetuning / linear probing, evaluation);
+* ``superpoints``: no labels, but the scan's point <-> superpoint pairings mapped to voxel rows (TMP).
+
+Augmentations act on points *before* voxelization, so :func:`ssov_train.geometry.voxelize.voxelize` stays the
+only place that defines the grid.  Their randomness is drawn from ``(seed, epoch, index)`` alone, so a sample
+is the same whichever worker loads it, in whichever order, and a resumed run sees the same data as an
+uninterrupted one without storing any data-RNG state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..geometry.voxelize import VoxelConfig, voxelize
+from ..losses import TMPBatch, batch_superpoints
+from ..superpoints import SuperpointSample, load_superpoints, read_manifest, sample_path
+
+LabelSource = Literal["pseudo", "gt", "superpoints"]
+# Input feature per point.  "intensity+1" is the reference's SemanticKITTI input (reflectance in [0, 1], plus 1).
+InputFeature = Literal["intensity", "intensity+1"]
+
+
+def point_features(intensity: np.ndarray, feature: InputFeature) -> np.ndarray:
+    """(N, 1) float32 network input of a scan; the node and export must compute it the same way."""
+    x = np.asarray(intensity, dtype=np.float32).reshape(-1, 1)
+    return x + 1.0 if feature == "intensity+1" else x
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The reference's cloud augmentations (method.md §3/§4): z-rotation U[0, 2 pi) and x / y flips p = 0.5."""
+
+    rotate: bool = True
+    flip_x: bool = True
+    flip_y: bool = True
+
+
+def augment_points(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Randomly rotated / flipped copy of (N, 3) points (the draws happen even when disabled, so enabling one
+    augmentation never changes another's randomness)."""
+    angle, flip_x, flip_y = rng.uniform(0.0, 2.0 * np.pi), rng.random() < 0.5, rng.random() < 0.5
+    out = np.array(points, dtype=np.float32, copy=True)
+    if cfg.rotate:
+        c, s = np.cos(angle), np.sin(angle)
+        x, y = out[:, 0].copy(), out[:, 1].copy()
+        out[:, 0], out[:, 1] = c * x - s * y, s * x + c * y
+    if cfg.flip_x and flip_x:
+        out[:, 0] = -out[:, 0]
+    if cfg.flip_y and flip_y:
+        out[:, 1] = -out[:, 1]
+    return out
+
+
+def skip_tokens(tokens: Sequence[str], step: int, reader=None, dataset_kind: str = "nuscenes") -> list[str]:
+    """Keep every ``step``-th scene (nuScenes format) or every ``step``-th scan (other formats), as the
+    reference's ``dataset_skip_step`` does for 1 % finetuning (method.md §7)."""
+    if step < 1:
+        raise DataError(f"dataset_skip_step must be >= 1, got {step}")
+    if step == 1:
+        return list(tokens)
+    if dataset_kind != "nuscenes":
+        return list(tokens[::step])
+    scenes: dict[str, list[str]] = {}
+    for t in tokens:  # dicts keep insertion order: scenes in split order
+        scenes.setdefault(reader.nusc.get("sample", t)["scene_token"], []).append(t)
+    return [t for scene in list(scenes.values())[::step] for t in scene]
+
+
+def superpoint_tokens(out_dir: Path, split: str) -> list[str]:
+    """Tokens of a split that have superpoint files; refuses an empty or missing superpoints output."""
+    manifest = read_manifest(out_dir, split)
+    tokens = [s["token"] for s in manifest["samples"]]
+    if not tokens:
+        raise DataError(f"superpoints at {out_dir} for split {split!r} hold no samples")
+    return tokens
+
+
+@dataclass
+class VoxelScan:
+    """One voxelized scan as the network sees it (plus what evaluation needs to go back to points)."""
+
+    token: str
+    coords: np.ndarray  # (V, 3) int32
+    features: np.ndarray  # (V, F) float32
+    spatial_shape: tuple[int, int, int]
+    point_to_voxel: np.ndarray  # (N,) int64
+    labels: Optional[np.ndarray] = None  # (V,) int64 voxel labels
+    points: Optional[np.ndarray] = None  # (N, 3) un-augmented points (evaluation)
+    point_labels: Optional[np.ndarray] = None  # (N,) int64 per-point labels (evaluation)
+    superpoints: Optional[SuperpointSample] = None  # TMP: pairings index points of this scan
+
+
+class ScanDataset(Dataset):
+    """Voxelized scans of a token list, labelled by ``label_source`` (see module doc)."""
+
+    def __init__(self, reader, tokens: Sequence[str], voxel: VoxelConfig, feature: InputFeature,
+                 label_source: LabelSource, superpoints_dir: Optional[Path] = None,
+                 label_rule: Literal["majority", "first"] = "majority", augment: Optional[AugmentConfig] = None,
+                 seed: int = 0, keep_points: bool = False):
+        if label_source != "gt" and superpoints_dir is None:
+            raise DataError(f"label source {label_source!r} needs a superpoints directory")
+        self.reader = reader
+        self.tokens = list(tokens)
+        self.voxel = voxel
+        self.feature = feature
+        self.label_source = label_source
+        self.superpoints_dir = None if superpoints_dir is None else Path(superpoints_dir)
+        self.label_rule = label_rule
+        self.augment = augment
+        self.seed = seed
+        self.keep_points = keep_points
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations of epoch ``epoch`` (called by the trainer before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def _superpoints(self, token: str, num_points: int) -> SuperpointSample:
+        sp = load_superpoints(sample_path(self.superpoints_dir, token))
+        if sp.num_points != num_points:
+            raise DataError(f"superpoints of {token} have {sp.num_points} points, the scan has {num_points}; "
+                            "recompute them for this dataset")
+        return sp
+
+    def __getitem__(self, index: int) -> VoxelScan:
+        token = self.tokens[index]
+        frame = self.reader.load(token)
+        points = frame.points
+        if self.augment is not None:
+            points = augment_points(points, self.augment, np.random.default_rng([self.seed, self.epoch, index]))
+        sp, point_labels = None, None
+        if self.label_source == "gt":
+            if frame.labels is None:
+                raise DataError(f"scan {token} has no ground-truth labels")
+            point_labels = frame.labels.astype(np.int64)
+        else:
+            sp = self._superpoints(token, frame.num_points)
+            if self.label_source == "pseudo":
+                point_labels = sp.pseudo_label.astype(np.int64)
+                sp = None
+        vox = voxelize(points, self.voxel, features=point_features(frame.intensity, self.feature),
+                       labels=point_labels, label_rule=self.label_rule)
+        return VoxelScan(token=token, coords=vox.coords, features=vox.features, spatial_shape=vox.spatial_shape,
+                         point_to_voxel=vox.point_to_voxel, labels=vox.labels, superpoints=sp,
+                         points=frame.points if self.keep_points else None,
+                         point_labels=point_labels if self.keep_points else None)
+
+
+@dataclass
+class VoxelBatch:
+    """Several scans stacked for one spconv forward; ``voxel_offsets[i]`` is scan i's first row."""
+
+    features: torch.Tensor  # (V, F) float32
+    coords: torch.Tensor  # (V, 3) int32
+    batch: torch.Tensor  # (V,) int64 scan index of every voxel
+    spatial_shape: list[int]
+    scans: list[VoxelScan]
+    voxel_offsets: list[int]
+    labels: Optional[torch.Tensor] = None  # (V,) int64
+    tmp: Optional[TMPBatch] = None  # pairings indexing rows of ``features``
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.scans)
+
+    def net_inputs(self) -> tuple:
+        """Positional arguments of :meth:`MinkUNet.forward`."""
+        return self.features, self.coords, self.batch, self.spatial_shape, self.batch_size
+
+    def scan_rows(self, i: int) -> slice:
+        return slice(self.voxel_offsets[i], self.voxel_offsets[i] + len(self.scans[i].coords))
+
+
+def collate_scans(scans: list[VoxelScan]) -> VoxelBatch:
+    """Stack scans: batch index per voxel, the element-wise largest spatial shape, TMP pairings offset to the
+    batched voxel rows (pairings whose point has no voxel row are dropped by ``batch_superpoints``)."""
+    offsets = np.cumsum([0] + [len(s.coords) for s in scans])
+    shape = np.max([s.spatial_shape for s in scans], axis=0)
+    labels = None
+    if all(s.labels is not None for s in scans):
+        labels = torch.from_numpy(np.concatenate([s.labels for s in scans]).astype(np.int64))
+    tmp = None
+    if all(s.superpoints is not None for s in scans):
+        tmp = batch_superpoints([s.superpoints for s in scans],
+                                [s.point_to_voxel + offsets[i] for i, s in enumerate(scans)])
+    return VoxelBatch(
+        features=torch.from_numpy(np.concatenate([s.features for s in scans])),
+        coords=torch.from_numpy(np.concatenate([s.coords for s in scans])),
+        batch=torch.from_numpy(np.repeat(np.arange(len(scans)), np.diff(offsets))),
+        spatial_shape=[int(x) for x in shape], scans=scans, voxel_offsets=[int(o) for o in offsets[:-1]],
+        labels=labels, tmp=tmp)

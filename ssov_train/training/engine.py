@@ -1,0 +1,207 @@
+"""The training loop every stage shares: data order, optimisation, logging, checkpoints, resume and DDP.
+
+Reproducibility contract: a run killed at any point (``kill -9`` included) and resumed with ``--resume``
+reaches the same weights as an uninterrupted run.  This holds because everything random is a function of
+state the checkpoint stores or of the config: the shuffling order is drawn from ``(seed, epoch)`` by the
+sampler, augmentations from ``(seed, epoch, index)`` by the dataset, and the torch RNG state is saved; the
+checkpoint (written atomically after every epoch) carries weights, optimiser, scheduler, epoch and step.
+
+Multi-process runs start through ``torchrun``: with ``WORLD_SIZE > 1`` the loop joins a gloo process group,
+shards every epoch with a :class:`DistributedSampler`, averages gradients with DDP and makes rank 0's
+BatchNorm statistics everyone's after each epoch, so every rank ends with identical weights; only rank 0
+writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..config import to_dict
+from ..errors import ConfigError
+from ..evaluation.metrics import confusion_matrix, mean_iou
+from ..io import atomic_path, write_text_atomic
+from .checkpoint import (first_mismatch, load_checkpoint, restore_rng_state, rng_state, save_checkpoint)
+from .data import collate_scans
+from .stages import Task, checkpoint_expectations, eval_loader, predict
+
+LAST = "last.pt"
+# Config keys a resumed run may change: they do not affect the weights.
+RESUME_MAY_CHANGE = ("optim.num_workers",)
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # this module initialised the process group and tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistContext:
+    """Join the torchrun process group (gloo: CPU) when ``WORLD_SIZE > 1``; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), owns)
+
+
+class RunLogger:
+    """Scalars to TensorBoard event files and to ``metrics.csv`` (rows: step, epoch, name, value), rank 0 only.
+
+    On resume both drop what the killed run logged after the checkpoint's step, so each step appears once."""
+
+    def __init__(self, run_dir: Path, resume_step: Optional[int], enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv_path = run_dir / "metrics.csv"
+        rows = []
+        if resume_step is not None and self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["step", "epoch", "name", "value"])
+            writer.writeheader()
+            writer.writerows(rows)
+        self.csv_file = open(self.csv_path, "a", newline="")
+        self.csv = csv.writer(self.csv_file)
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                purge_step=None if resume_step is None else resume_step + 1)
+
+    def scalars(self, values: dict[str, float], step: int, epoch: int) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.tb.add_scalar(name, value, step)
+            self.csv.writerow([step, epoch, name, f"{value:.8g}"])
+        self.csv_file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.csv_file.close()
+
+
+def _comparable_config(config: dict) -> dict:
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for dotted in RESUME_MAY_CHANGE:
+        section, key = dotted.split(".")
+        config.get(section, {}).pop(key, None)
+    return config
+
+
+def _resume_state(task: Task, run_dir: Path) -> dict:
+    path = run_dir / LAST
+    if not path.exists():
+        raise ConfigError(f"--resume: nothing to resume in {run_dir} (no {LAST})")
+    ckpt = load_checkpoint(path, checkpoint_expectations(task.cfg, task.dictionary))
+    key = first_mismatch(_comparable_config(ckpt["config"]), _comparable_config(to_dict(task.cfg)))
+    if key:
+        raise ConfigError(f"--resume: {path} was written by a run with another config ({key} differs); "
+                          "resume with the original config or start a new run directory")
+    return ckpt
+
+
+def _validate(task: Task, model: torch.nn.Module) -> dict[str, float]:
+    """mIoU on ground truth of the validation split (every point), for monitoring only (method.md §10)."""
+    c = task.dictionary.num_classes
+    cm = np.zeros((c, c), np.int64)
+    loader = eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers)
+    for scan, pred, _ in predict(model, loader):
+        cm += confusion_matrix(scan.point_labels, pred, c)
+    return {"val/miou": mean_iou(cm)}
+
+
+def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) ``task`` to ``cfg.optim.epochs``; returns the run's final state summary."""
+    cfg, o = task.cfg, task.cfg.optim
+    ctx = init_distributed()
+    run_dir = Path(cfg.output)
+    try:
+        state = _resume_state(task, run_dir) if resume else None
+        if state is None and (run_dir / LAST).exists():
+            raise ConfigError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it "
+                              "or choose another output directory")
+        model = task.model
+        if state is not None:
+            model.load_state_dict(state["state_dict"])
+        optimizer = torch.optim.SGD(task.param_groups(), lr=o.lr, momentum=o.momentum, dampening=o.dampening,
+                                    weight_decay=o.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
+        epoch, step = 0, 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            epoch, step = int(state["epoch"]), int(state["global_step"])
+            restore_rng_state(state["rng"])
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        logger = RunLogger(run_dir, step if state is not None else None, ctx.is_main)
+        net = DistributedDataParallel(model) if ctx.world_size > 1 else model
+        sampler = DistributedSampler(task.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=cfg.seed)
+        loader = DataLoader(task.train_set, batch_size=o.batch_size, sampler=sampler, num_workers=o.num_workers,
+                            collate_fn=collate_scans)
+        metrics: dict[str, float] = {}
+        while epoch < o.epochs:
+            sampler.set_epoch(epoch)
+            task.train_set.set_epoch(epoch)
+            model.train(not cfg.freeze_layers)  # linear probe: BN statistics stay frozen
+            total = len(loader) if o.max_steps_per_epoch is None else min(len(loader), o.max_steps_per_epoch)
+            bar = tqdm(loader, total=total, desc=f"{cfg.stage} epoch {epoch + 1}/{o.epochs}", unit="batch",
+                       disable=not (progress and ctx.is_main))
+            for i, batch in enumerate(bar):
+                if i >= total:
+                    break
+                losses = task.losses(net, batch)
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                optimizer.step()
+                step += 1
+                values = {f"train/{k}": v.item() for k, v in losses.items()}
+                logger.scalars(values, step, epoch + 1)
+                bar.set_postfix(loss=f"{values['train/total']:.4f}")
+            logger.scalars({f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}, step, epoch + 1)
+            scheduler.step()
+            epoch += 1
+            if ctx.world_size > 1:
+                for buffer in model.buffers():  # BN running statistics drift apart per rank: take rank 0's
+                    dist.broadcast(buffer, 0)
+            if ctx.is_main:
+                if task.val_set is not None:
+                    metrics = _validate(task, model)
+                    logger.scalars(metrics, step, epoch)
+                ckpt = {**task.meta, "config": to_dict(cfg), "state_dict": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                        "global_step": step, "rng": rng_state(), "metrics": metrics}
+                save_checkpoint(run_dir / LAST, ckpt)  # first: a kill in between still leaves it resumable
+                save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", ckpt)
+            if ctx.world_size > 1:
+                dist.barrier()
+        logger.close()
+        return {"run_dir": str(run_dir), "last": str(run_dir / LAST), "epoch": epoch, "global_step": step,
+                "metrics": metrics}
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()

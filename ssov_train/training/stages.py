@@ -1,0 +1,283 @@
+"""Training stage configs and what each stage trains: TMP pre-training, annotation-free distillation, downstream
+finetuning / linear probing, and evaluation of a checkpoint.
+
+One YAML file (``config/pretrain_*.yaml``, ``config/annotation_free_*.yaml``, ``config/semseg_*.yaml``) is one
+:class:`TrainConfig`; its defaults are the reference's hyper-parameters (method.md §3, §4, §7).  The model's
+``out_channels`` and ``normalize_features`` follow from the stage (teacher feature dim + L2 norm for TMP, the
+dictionary's classes otherwise), so they are not set in the YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..config import to_dict
+from ..data import DatasetConfig, open_dataset
+from ..errors import ConfigError, DataError
+from ..geometry.voxelize import VoxelConfig
+from ..losses import SegmentationLoss, TMPLoss
+from ..models import MinkUNet, MinkUNetConfig
+from ..pipeline import TeacherConfig
+from ..vocab import ClassDictionary, load_dictionary
+from .checkpoint import load_checkpoint
+from .data import (AugmentConfig, InputFeature, ScanDataset, VoxelBatch, collate_scans, skip_tokens,
+                   superpoint_tokens)
+
+Stage = Literal["pretrain", "annotation_free", "downstream"]
+HEAD_PREFIX = "final."  # the 1x1 classifier / projection head of MinkUNet
+IGNORE_LOGIT = -1e6  # the reference's class-0 logit at inference: class 0 is never predicted
+
+
+@dataclass
+class OptimConfig:
+    """SGD + cosine annealing stepped per epoch.  ``batch_size`` is per process (the reference TMP: 4 GPUs x 1
+    scan); ``lr_head`` (if set) is the learning rate of the head, ``lr`` that of the rest."""
+
+    epochs: int = 40
+    batch_size: int = 4
+    lr: float = 0.5
+    lr_head: Optional[float] = None
+    momentum: float = 0.9
+    dampening: float = 0.1
+    weight_decay: float = 1e-4
+    num_workers: int = 0
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke runs; None = the whole split
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("optim.epochs and optim.batch_size must be >= 1, optim.num_workers >= 0")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("optim.max_steps_per_epoch must be >= 1 (or null)")
+
+
+@dataclass
+class TMPConfig:
+    """TMP loss (method.md §3); the two booleans are the §10 fixes, off = reference."""
+
+    tau: float = 0.07
+    alpha_image: float = 0.5
+    alpha_text: float = 0.5
+    renormalize_superpoints: bool = False
+    mask_same_category_negatives: bool = False
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage
+    dataset: DatasetConfig  # dataset.split is the training split
+    output: Path  # run directory: checkpoints, metrics.csv, TensorBoard events
+    vocabulary: str = "nuscenes"
+    superpoints: Optional[Path] = None  # `ssov-train superpoints` output (pretrain, annotation_free)
+    teacher: Optional[TeacherConfig] = None  # the teacher outputs, for their text embeddings (pretrain)
+    val_split: Optional[str] = None  # per-epoch mIoU on ground truth (monitoring only, method.md §10)
+    eval_split: str = "val"  # split of `ssov-train evaluate`
+    dataset_skip_step: int = 1  # keep every k-th scene (nuScenes format) / scan (KITTI) of the training split
+    label_rule: Literal["majority", "first"] = "majority"  # voxel label from its points; first = reference
+    feature: InputFeature = "intensity"
+    voxel: VoxelConfig = field(default_factory=VoxelConfig)
+    model: MinkUNetConfig = field(default_factory=MinkUNetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tmp: TMPConfig = field(default_factory=TMPConfig)
+    lovasz: bool = True  # segmentation loss = CE + Lovasz-softmax (reference) or CE only
+    freeze_layers: bool = False  # linear probe: only the head trains, BN statistics stay frozen
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.stage in ("pretrain", "annotation_free") and self.superpoints is None:
+            raise ValueError(f"stage {self.stage} needs `superpoints:` (the `ssov-train superpoints` output)")
+        if self.stage == "pretrain" and self.teacher is None:
+            raise ValueError("stage pretrain needs `teacher:` (the teacher output directory, for text embeddings)")
+        if self.freeze_layers and self.stage != "downstream":
+            raise ValueError("freeze_layers (linear probing) is a downstream option")
+        if self.dataset_skip_step < 1:
+            raise ValueError("dataset_skip_step must be >= 1")
+
+
+def checkpoint_expectations(cfg: TrainConfig, dictionary: Optional[ClassDictionary] = None) -> dict[str, Any]:
+    """The model-bound values a checkpoint must share with a run built from ``cfg``."""
+    expect = {"voxel": to_dict(cfg.voxel), "input_fields": [cfg.feature], "model.arch": cfg.model.arch,
+              "model.width": cfg.model.width, "model.in_channels": cfg.model.in_channels}
+    if dictionary is not None:
+        expect["class_names"] = dictionary.class_names
+    return expect
+
+
+def init_from_pretraining(model: nn.Module, path: Path, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """Load every shape-matching weight of a pre-trained checkpoint (method.md §4/§7); the head only when its
+    shape matches and it is a classifier (a TMP head is a feature projection).  Returns (loaded, skipped)."""
+    ckpt = load_checkpoint(path, checkpoint_expectations(cfg))
+    source = ckpt["state_dict"]
+    own = model.state_dict()
+    load_head = ckpt.get("stage") != "pretrain"
+    loaded, skipped = [], []
+    for name, tensor in source.items():
+        ok = name in own and own[name].shape == tensor.shape and (load_head or not name.startswith(HEAD_PREFIX))
+        (loaded if ok else skipped).append(name)
+    model.load_state_dict({k: source[k] for k in loaded}, strict=False)
+    if not any(not n.startswith(HEAD_PREFIX) for n in loaded):
+        raise ConfigError(f"{path}: no trunk weight matches this model")
+    return loaded, skipped
+
+
+@dataclass
+class Task:
+    """Everything one training stage needs besides the loop: data, model, loss, parameter groups and the
+    metadata that goes into its checkpoints."""
+
+    cfg: TrainConfig
+    dictionary: ClassDictionary
+    model: MinkUNet
+    train_set: ScanDataset
+    val_set: Optional[ScanDataset]
+    criterion: nn.Module
+    meta: dict  # model-bound checkpoint fields (see checkpoint.py)
+    init_report: str = ""
+
+    def losses(self, model: nn.Module, batch: VoxelBatch) -> dict[str, Tensor]:
+        out = model(*batch.net_inputs())
+        if self.cfg.stage == "pretrain":
+            return self.criterion(out, batch.tmp)
+        return self.criterion(out, batch.labels)
+
+    def param_groups(self) -> list[dict]:
+        o = self.cfg.optim
+        head = [p for n, p in self.model.named_parameters() if n.startswith(HEAD_PREFIX)]
+        if self.cfg.freeze_layers:
+            return [{"params": head, "lr": o.lr_head if o.lr_head is not None else o.lr}]
+        trunk = [p for n, p in self.model.named_parameters() if not n.startswith(HEAD_PREFIX)]
+        if o.lr_head is None:
+            return [{"params": trunk + head, "lr": o.lr}]
+        return [{"params": trunk, "lr": o.lr}, {"params": head, "lr": o.lr_head}]
+
+
+def _text_embeddings(cfg: TrainConfig, dictionary: ClassDictionary) -> tuple[np.ndarray, str]:
+    from ..teachers.format import open_teacher
+
+    t = cfg.teacher
+    teacher = open_teacher(t.format, t.root, num_prompts=dictionary.num_prompts, fcclip_features=t.fcclip_features)
+    text = teacher.text_embeddings()
+    if text is None:
+        raise DataError(f"teacher outputs at {t.root} have no text embeddings; TMP needs them")
+    if text.shape[0] != dictionary.num_prompts:
+        raise DataError(f"teacher at {t.root} has {text.shape[0]} prompt embeddings, dictionary "
+                        f"{dictionary.name} has {dictionary.num_prompts} prompts")
+    return np.asarray(text, dtype=np.float32), teacher.name
+
+
+def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Task:
+    """Open the data, build the model (seeded) and loss of ``cfg.stage``; initialise from ``pretraining_path``."""
+    dictionary = load_dictionary(cfg.vocabulary)
+    reader = open_dataset(cfg.dataset, dictionary)
+    split = cfg.dataset.split
+    common = {"voxel": cfg.voxel, "feature": cfg.feature, "label_rule": cfg.label_rule, "seed": cfg.seed}
+    meta: dict[str, Any] = {"class_names": dictionary.class_names, "palette": dictionary.palette.tolist(),
+                            "vocabulary": dictionary.name, "feature_dim": None, "text_embeddings": None}
+    if cfg.stage == "pretrain":
+        text, teacher_name = _text_embeddings(cfg, dictionary)
+        model_cfg = dataclasses.replace(cfg.model, out_channels=int(text.shape[1]), normalize_features=True)
+        train_set = ScanDataset(reader, superpoint_tokens(cfg.superpoints, split), label_source="superpoints",
+                                superpoints_dir=cfg.superpoints, augment=cfg.augment, **common)
+        t = cfg.tmp
+        criterion: nn.Module = TMPLoss(torch.from_numpy(text), dictionary.same_category, tau=t.tau,
+                                       renormalize_superpoints=t.renormalize_superpoints,
+                                       mask_same_category_negatives=t.mask_same_category_negatives,
+                                       alpha_image=t.alpha_image, alpha_text=t.alpha_text)
+        meta.update(feature_dim=int(text.shape[1]),
+                    text_embeddings={"teacher": teacher_name, "root": str(cfg.teacher.root), "dim": int(text.shape[1]),
+                                     "num_prompts": int(text.shape[0])})
+    else:
+        model_cfg = dataclasses.replace(cfg.model, out_channels=dictionary.num_classes, normalize_features=False)
+        if cfg.stage == "annotation_free":
+            tokens = superpoint_tokens(cfg.superpoints, split)
+            label_source = "pseudo"
+        else:
+            tokens = reader.split_tokens(split)
+            label_source = "gt"
+        tokens = skip_tokens(tokens, cfg.dataset_skip_step, reader, cfg.dataset.kind)
+        train_set = ScanDataset(reader, tokens, label_source=label_source, superpoints_dir=cfg.superpoints,
+                                augment=cfg.augment, **common)
+        criterion = SegmentationLoss(ignore_index=0, lovasz=cfg.lovasz)
+    if not len(train_set):
+        raise DataError(f"no training scans in split {split!r} of {cfg.dataset.root}")
+    val_set = None
+    if cfg.val_split and cfg.stage != "pretrain":
+        val_set = ScanDataset(reader, reader.split_tokens(cfg.val_split), label_source="gt", keep_points=True,
+                              **common)
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+    model = MinkUNet(model_cfg)
+    report = ""
+    if pretraining_path is not None:
+        loaded, skipped = init_from_pretraining(model, Path(pretraining_path), cfg)
+        report = f"initialised {len(loaded)} tensors from {pretraining_path} (skipped {len(skipped)}: {skipped[:4]})"
+    if cfg.freeze_layers:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(HEAD_PREFIX))
+    meta.update(stage=cfg.stage, model=to_dict(model_cfg), voxel=to_dict(cfg.voxel), input_fields=[cfg.feature])
+    return Task(cfg, dictionary, model, train_set, val_set, criterion, meta, report)
+
+
+# ---- inference / evaluation ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, with_probs: bool = False):
+    """Yield ``(scan, point_predictions, point_probs or None)`` per scan: class-0 logit set to -1e6, argmax per
+    voxel, broadcast to every point of the scan through ``point_to_voxel``."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            logits = model(*batch.net_inputs())
+            logits[:, 0] = IGNORE_LOGIT
+            voxel_pred = logits.argmax(1).numpy()
+            voxel_probs = torch.softmax(logits, 1).numpy() if with_probs else None
+            for i, scan in enumerate(batch.scans):
+                rows = batch.scan_rows(i)
+                probs = None if voxel_probs is None else voxel_probs[rows][scan.point_to_voxel]
+                yield scan, voxel_pred[rows][scan.point_to_voxel], probs
+    finally:
+        model.train(was_training)
+
+
+def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_scans)
+
+
+def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Path] = None, afi: bool = False,
+                   progress: bool = True) -> dict:
+    """Evaluate a class checkpoint on ``cfg.eval_split`` over ALL points of every scan (method.md §7);
+    writes metrics.json and figures into ``out_dir`` (default: next to the checkpoint)."""
+    from tqdm import tqdm
+
+    from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
+
+    dictionary = load_dictionary(cfg.vocabulary)
+    ckpt = load_checkpoint(checkpoint_path, checkpoint_expectations(cfg, dictionary))
+    if ckpt.get("stage") == "pretrain":
+        raise ConfigError(f"checkpoint {checkpoint_path} is a TMP pre-training checkpoint (features, no classes); "
+                          "evaluate an annotation-free or downstream checkpoint")
+    model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
+    model.load_state_dict(ckpt["state_dict"])
+    reader = open_dataset(cfg.dataset, dictionary)
+    dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), cfg.voxel, cfg.feature, label_source="gt",
+                          keep_points=True)
+    name = f"eval_{cfg.eval_split}" + ("_afi" if afi else "")
+    out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_path).parent / name
+    acc = EvaluationAccumulator(dictionary, out_dir)
+    loader = eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers)
+    for scan, pred, probs in tqdm(predict(model, loader, with_probs=True), total=len(dataset), desc="evaluate",
+                                  unit="scan", disable=not progress):
+        if afi:
+            pred = apply_afi(scan.points, probs, dictionary)
+        acc.add_scan(scan.token, scan.points, scan.point_labels, pred, probs=None if afi else probs)
+    title = f"{ckpt.get('stage')} {Path(checkpoint_path).name} on {cfg.eval_split}" + (" + AFI" if afi else "")
+    return acc.finalize(title)

@@ -1,0 +1,81 @@
+"""The checkpoint format: weights-only loadable, verified against the run, written atomically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssov_train.errors import ConfigError, DataError
+from ssov_train.training import checkpoint as ck
+from ssov_train.training.checkpoint import first_mismatch, load_checkpoint, save_checkpoint
+
+
+def _checkpoint() -> dict:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    return {"stage": "annotation_free", "model": {"arch": "MinkUNet18", "width": 0.25, "in_channels": 1},
+            "voxel": {"mode": "cylindrical", "size": [0.1, 1.0, 0.1]}, "input_fields": ["intensity"],
+            "class_names": ["ignore", "car"], "palette": [[0, 0, 0], [255, 0, 0]], "vocabulary": "nuscenes",
+            "feature_dim": None, "config": {"optim": {"lr": 0.1}}, "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": 1, "global_step": 3,
+            "rng": ck.rng_state()}
+
+
+def test_round_trip_is_weights_only(tmp_path):
+    saved = _checkpoint()
+    path = save_checkpoint(tmp_path / "run" / "last.pt", saved)
+    raw = torch.load(path, weights_only=True)  # no pickled classes anywhere
+    assert raw["format"] == ck.FORMAT_NAME and raw["version"] == ck.FORMAT_VERSION
+    loaded = load_checkpoint(path, {"model.arch": "MinkUNet18", "voxel": {"mode": "cylindrical",
+                                                                          "size": (0.1, 1.0, 0.1)},
+                                    "input_fields": ["intensity"], "class_names": ["ignore", "car"]})
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(loaded["state_dict"][k], v)
+    assert loaded["optimizer"]["state"][0]["momentum_buffer"].shape == (2, 3)
+    assert loaded["scheduler"]["last_epoch"] == 1 and loaded["global_step"] == 3
+    assert torch.equal(loaded["rng"]["torch"], saved["rng"]["torch"])
+
+
+@pytest.mark.parametrize("key, value", [("model.arch", "MinkUNet34C"), ("class_names", ["ignore", "bus"]),
+                                        ("voxel", {"mode": "cartesian", "size": [0.1, 0.1, 0.1]}),
+                                        ("input_fields", ["intensity+1"])])
+def test_mismatch_names_the_key(tmp_path, key, value):
+    path = save_checkpoint(tmp_path / "c.pt", _checkpoint())
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_checkpoint(path, {key: value})
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(DataError, match="checkpoint not found: .*nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"model_points": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(DataError, match="not an ssov checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="unreadable"):
+        load_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", _checkpoint())
+    before = path.read_bytes()
+
+    def dies_mid_write(obj, f):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _checkpoint())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_first_mismatch_is_a_dotted_path():
+    assert first_mismatch({"optim": {"lr": 0.1, "epochs": 2}}, {"optim": {"lr": 0.1, "epochs": 3}}) == "optim.epochs"
+    assert first_mismatch({"a": [1, 2]}, {"a": (1, 2)}) is None
+    assert first_mismatch({"a": 1}, {"a": 1, "b": 2}) == "b"

@@ -1,0 +1,110 @@
+"""Voxelized training scans: label rules, TMP pairings on voxels, seeded augmentation, skip step, collate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ssov_train.data import Frame
+from ssov_train.geometry.voxelize import VoxelConfig, voxelize
+from ssov_train.superpoints import load_superpoints, sample_path
+from ssov_train.training.data import (AugmentConfig, ScanDataset, augment_points, collate_scans, point_features,
+                                      skip_tokens)
+
+VOXEL = VoxelConfig()
+
+
+class _OneFrameReader:
+    """A reader of hand-made frames keyed by token."""
+
+    def __init__(self, frames: dict[str, Frame]):
+        self.frames = frames
+
+    def load(self, token: str) -> Frame:
+        return self.frames[token]
+
+
+def test_voxel_labels_majority_vs_first():
+    # Three points in one voxel labelled 1, 2, 2 (the first point says 1); one point alone labelled 3.
+    pts = np.array([[10.0, 0.01, 0.01], [10.02, 0.02, 0.02], [10.03, 0.03, 0.03], [20.0, 5.0, 1.0]], np.float32)
+    frame = Frame(token="a", dataset="sample", points=pts, intensity=np.arange(4, dtype=np.float32),
+                  labels=np.array([1, 2, 2, 3], np.uint8))
+    reader = _OneFrameReader({"a": frame})
+    scans = {rule: ScanDataset(reader, ["a"], VOXEL, "intensity", "gt", label_rule=rule)[0]
+             for rule in ("majority", "first")}
+    for rule, want in (("majority", [2, 3]), ("first", [1, 3])):
+        scan = scans[rule]
+        assert sorted(scan.labels[scan.point_to_voxel[[0, 3]]].tolist()) == want
+        assert scan.features[scan.point_to_voxel[0], 0] == 0.0  # the first point's intensity represents the voxel
+    kitti = ScanDataset(reader, ["a"], VOXEL, "intensity+1", "gt")[0]
+    assert kitti.features[kitti.point_to_voxel[3], 0] == 4.0
+
+
+def test_pseudo_labels_come_from_superpoints(world, reader):
+    token = reader.split_tokens("train")[0]
+    scan = ScanDataset(reader, [token], VOXEL, "intensity", "pseudo", superpoints_dir=world["superpoints"])[0]
+    sp = load_superpoints(sample_path(world["superpoints"], token))
+    expected = voxelize(reader.load(token).points, VOXEL, labels=sp.pseudo_label.astype(np.int64))
+    assert np.array_equal(scan.labels, expected.labels) and (scan.labels > 0).any()
+
+
+def test_tmp_pairings_are_mapped_to_batched_voxels(world, reader):
+    tokens = reader.split_tokens("train")[:2]
+    ds = ScanDataset(reader, tokens, VOXEL, "intensity", "superpoints", superpoints_dir=world["superpoints"])
+    scans = [ds[0], ds[1]]
+    batch = collate_scans(scans)
+    assert batch.labels is None and batch.tmp is not None
+    assert batch.features.shape[0] == batch.coords.shape[0] == sum(len(s.coords) for s in scans)
+    assert batch.batch.tolist() == [0] * len(scans[0].coords) + [1] * len(scans[1].coords)
+    assert batch.spatial_shape == np.max([s.spatial_shape for s in scans], 0).tolist()
+    expected_rows = np.concatenate([s.point_to_voxel[s.superpoints.pair_point] + off
+                                    for s, off in zip(scans, batch.voxel_offsets)])
+    assert np.array_equal(batch.tmp.pair_point.numpy(), expected_rows)
+    expected_sp = sum(len(np.unique(s.superpoints.pair_superpoint)) for s in scans)
+    assert batch.tmp.num_superpoints == expected_sp
+    assert batch.tmp.superpoint_feature.shape[1] == 64  # the oracle teacher's feature dim
+    rows = batch.scan_rows(1)
+    assert np.array_equal(batch.coords[rows].numpy(), scans[1].coords)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index():
+    pts = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32) * 10
+    frame = Frame(token="a", dataset="sample", points=pts, intensity=np.zeros(100, np.float32),
+                  labels=np.ones(100, np.uint8))
+    reader = _OneFrameReader({"a": frame, "b": frame})
+
+    def coords(seed: int, epoch: int, index: int = 0, augment=AugmentConfig()):
+        ds = ScanDataset(reader, ["a", "b"], VOXEL, "intensity", "gt", augment=augment, seed=seed)
+        ds.set_epoch(epoch)
+        return ds[index].coords
+
+    assert np.array_equal(coords(1, 0), coords(1, 0))
+    assert not np.array_equal(coords(1, 0), coords(1, 1))
+    assert not np.array_equal(coords(1, 0), coords(2, 0))
+    assert not np.array_equal(coords(1, 0, 0), coords(1, 0, 1))
+    plain = voxelize(pts, VOXEL).coords
+    assert np.array_equal(coords(1, 0, augment=None), plain)
+    off = AugmentConfig(rotate=False, flip_x=False, flip_y=False)
+    assert np.array_equal(coords(1, 0, augment=off), plain)
+    rotated = augment_points(pts, AugmentConfig(flip_x=False, flip_y=False), np.random.default_rng(3))
+    assert np.allclose(np.linalg.norm(rotated[:, :2], axis=1), np.linalg.norm(pts[:, :2], axis=1), atol=1e-4)
+    assert np.array_equal(rotated[:, 2], pts[:, 2])
+
+
+def test_skip_step_keeps_every_kth_scene_or_scan():
+    scene_of = {f"s{s}t{t}": f"scene{s}" for s in range(5) for t in range(3)}
+    tokens = list(scene_of)
+    reader = SimpleNamespace(nusc=SimpleNamespace(get=lambda table, t: {"scene_token": scene_of[t]}))
+    kept = skip_tokens(tokens, 2, reader, "nuscenes")
+    assert kept == [t for t in tokens if scene_of[t] in ("scene0", "scene2", "scene4")]
+    assert skip_tokens(tokens, 1, reader) == tokens
+    assert skip_tokens(tokens, 4, None, "semantickitti") == tokens[::4]
+    with pytest.raises(Exception, match="dataset_skip_step"):
+        skip_tokens(tokens, 0, reader)
+
+
+def test_point_features():
+    assert point_features(np.array([0.5, 1.0]), "intensity").tolist() == [[0.5], [1.0]]
+    assert point_features(np.array([0.5, 1.0]), "intensity+1").tolist() == [[1.5], [2.0]]
