@@ -209,10 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output directory (default: eval_<split>[_afi] next to the checkpoint)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
+    # Listed for --help only: main() hands `ablation ...` to ssov_train.ablation, which has its own options.
+    sub.add_parser("ablation", help="the method's ablation end to end on a synthetic world "
+                                    "(`ssov-train ablation -h` for its options)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ablation"]:
+        from .ablation import main as ablation_main
+
+        try:
+            return ablation_main(argv[1:])
+        except SsovError as e:
+            print(f"ssov-train ablation: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

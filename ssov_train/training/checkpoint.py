@@ -33,6 +33,14 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     return path
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "global_step")
+
+
+def without_training_state(checkpoint: dict) -> dict:
+    """The checkpoint minus what only a resumed run needs (optimiser momentum doubles the size): what ships."""
+    return {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
+
+
 def lookup(checkpoint: dict, dotted: str) -> Any:
     """Value at a dotted key (``model.arch``), or a sentinel when absent."""
     node: Any = checkpoint
