@@ -40,11 +40,18 @@ def point_features(intensity: np.ndarray, feature: InputFeature) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The reference's cloud augmentations (method.md §3/§4): z-rotation U[0, 2 pi) and x / y flips p = 0.5."""
+    """The reference's cloud augmentations (method.md §3/§4): z-rotation U[0, 2 pi) and x / y flips p = 0.5;
+    for TMP also DropCuboids: the points inside a random cuboid centred on a random point (half-size per axis =
+    the cloud's extent on that axis x u / 2, one u ~ U[0, ``drop_cuboid_max_side``]) are removed, unless that
+    leaves a camera with fewer than ``drop_cuboid_min_pairings`` pairings (then another cuboid is drawn, up to
+    10 times; after that nothing is dropped)."""
 
     rotate: bool = True
     flip_x: bool = True
     flip_y: bool = True
+    drop_cuboid: bool = False
+    drop_cuboid_max_side: float = 0.2
+    drop_cuboid_min_pairings: int = 1024
 
 
 def augment_points(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
@@ -61,6 +68,28 @@ def augment_points(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     if cfg.flip_y and flip_y:
         out[:, 1] = -out[:, 1]
     return out
+
+
+def drop_cuboid_mask(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
+                     pair_point: Optional[np.ndarray] = None, pair_camera: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N,) bool of the points DropCuboids keeps (all True when no cuboid is acceptable)."""
+    keep = np.ones(len(points), bool)
+    extent = points.max(0) - points.min(0)
+    per_camera = None
+    if pair_point is not None and len(pair_point):
+        per_camera = np.bincount(pair_camera)
+        needed = np.minimum(per_camera, cfg.drop_cuboid_min_pairings)
+    for _ in range(10):
+        centre = points[rng.integers(len(points))]
+        half = extent * rng.uniform(0.0, cfg.drop_cuboid_max_side) / 2
+        inside = (np.abs(points - centre) <= half).all(1)
+        if per_camera is not None:
+            kept = np.bincount(pair_camera[~inside[pair_point]], minlength=len(per_camera))
+            if (kept < needed).any():
+                continue
+        keep &= ~inside
+        return keep
+    return keep
 
 
 def skip_tokens(tokens: Sequence[str], step: int, reader=None, dataset_kind: str = "nuscenes") -> list[str]:
@@ -141,8 +170,6 @@ class ScanDataset(Dataset):
         token = self.tokens[index]
         frame = self.reader.load(token)
         points = frame.points
-        if self.augment is not None:
-            points = augment_points(points, self.augment, np.random.default_rng([self.seed, self.epoch, index]))
         sp, point_labels = None, None
         if self.label_source == "gt":
             if frame.labels is None:
@@ -153,10 +180,23 @@ class ScanDataset(Dataset):
             if self.label_source == "pseudo":
                 point_labels = sp.pseudo_label.astype(np.int64)
                 sp = None
-        vox = voxelize(points, self.voxel, features=point_features(frame.intensity, self.feature),
-                       labels=point_labels, label_rule=self.label_rule)
+        keep = None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            points = augment_points(points, self.augment, rng)
+            if self.augment.drop_cuboid:
+                keep = drop_cuboid_mask(points, self.augment, rng, *((sp.pair_point, sp.pair_camera) if sp else ()))
+        features = point_features(frame.intensity, self.feature)
+        if keep is not None:
+            points, features = points[keep], features[keep]
+            point_labels = None if point_labels is None else point_labels[keep]
+        vox = voxelize(points, self.voxel, features=features, labels=point_labels, label_rule=self.label_rule)
+        point_to_voxel = vox.point_to_voxel
+        if keep is not None:  # dropped points have no voxel: -1, and their pairings are dropped when batching
+            point_to_voxel = np.full(frame.num_points, -1, np.int64)
+            point_to_voxel[keep] = vox.point_to_voxel
         return VoxelScan(token=token, coords=vox.coords, features=vox.features, spatial_shape=vox.spatial_shape,
-                         point_to_voxel=vox.point_to_voxel, labels=vox.labels, superpoints=sp,
+                         point_to_voxel=point_to_voxel, labels=vox.labels, superpoints=sp,
                          points=frame.points if self.keep_points else None,
                          point_labels=point_labels if self.keep_points else None)
 
@@ -197,7 +237,8 @@ def collate_scans(scans: list[VoxelScan]) -> VoxelBatch:
     tmp = None
     if all(s.superpoints is not None for s in scans):
         tmp = batch_superpoints([s.superpoints for s in scans],
-                                [s.point_to_voxel + offsets[i] for i, s in enumerate(scans)])
+                                [np.where(s.point_to_voxel >= 0, s.point_to_voxel + offsets[i], -1)
+                                 for i, s in enumerate(scans)])
     return VoxelBatch(
         features=torch.from_numpy(np.concatenate([s.features for s in scans])),
         coords=torch.from_numpy(np.concatenate([s.coords for s in scans])),

@@ -108,3 +108,25 @@ def test_skip_step_keeps_every_kth_scene_or_scan():
 def test_point_features():
     assert point_features(np.array([0.5, 1.0]), "intensity").tolist() == [[0.5], [1.0]]
     assert point_features(np.array([0.5, 1.0]), "intensity+1").tolist() == [[1.5], [2.0]]
+
+
+def test_drop_cuboid_removes_a_box_and_respects_camera_pairings():
+    import numpy as np
+
+    from ssov_train.training.data import AugmentConfig, drop_cuboid_mask
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-20, 20, size=(5000, 3)).astype(np.float32)
+    cfg = AugmentConfig(drop_cuboid=True, drop_cuboid_max_side=0.2, drop_cuboid_min_pairings=10)
+    drops = [int((~drop_cuboid_mask(points, cfg, np.random.default_rng(s))).sum()) for s in range(20)]
+    assert max(drops) > 0 and max(drops) < 0.02 * len(points)  # a cuboid of at most 10% of the extent per axis
+    keep = drop_cuboid_mask(points, cfg, np.random.default_rng(3))
+    dropped = points[~keep]
+    if len(dropped):  # what is dropped is one axis-aligned box: every kept point lies outside its bounds
+        lo, hi = dropped.min(0), dropped.max(0)
+        assert not ((points[keep] >= lo) & (points[keep] <= hi)).all(1).any()
+    # A camera whose only pairings would all be dropped vetoes every cuboid: nothing is removed.
+    pair_point = np.arange(len(points))
+    pair_camera = np.zeros(len(points), np.int64)
+    strict = AugmentConfig(drop_cuboid=True, drop_cuboid_min_pairings=len(points))
+    assert drop_cuboid_mask(points, strict, np.random.default_rng(1), pair_point, pair_camera).all()
