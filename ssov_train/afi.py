@@ -175,10 +175,25 @@ def farthest_point_sample(points: np.ndarray, m: int, start: int = 0) -> np.ndar
     return idx
 
 
-def _voxel_keys(pt: np.ndarray, size: float) -> np.ndarray:
-    """Voxel ids of non-negative (3, N) coordinates (21 bits per axis)."""
+def _argsort_keys(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative int64 keys; two 16-bit radix passes when the keys fit in 32 bits
+    (numpy radix-sorts 16-bit types: ~3x faster than a 64-bit merge sort, the same order)."""
+    if keys.size and int(keys.max()) < (1 << 32):
+        k32 = keys.astype(np.uint32)
+        order = np.argsort((k32 & np.uint32(0xFFFF)).astype(np.uint16), kind="stable")
+        return order.take(np.argsort((k32 >> np.uint32(16)).astype(np.uint16).take(order), kind="stable"))
+    return np.argsort(keys, kind="stable")
+
+
+def _voxel_keys(pt: np.ndarray, size: float, compact: bool = False) -> np.ndarray:
+    """Voxel ids of non-negative (3, N) coordinates (21 bits per axis), ordered by (z, y, x). ``compact``
+    packs x | y << bx | z << (bx + by) with only the bits the extents need: the same order, smaller keys
+    (they sort faster, see :func:`_argsort_keys`)."""
     q = (pt * np.float32(1.0 / size)).astype(np.int64)
-    return q[0] | (q[1] << 21) | (q[2] << 42)
+    if not compact:
+        return q[0] | (q[1] << 21) | (q[2] << 42)
+    bits = [max(1, int(c.max(initial=0)).bit_length()) for c in q[:2]]
+    return q[0] | (q[1] << bits[0]) | (q[2] << (bits[0] + bits[1]))
 
 
 def _estimate_occupied(pt: np.ndarray, size: float, table: int) -> float:
@@ -232,8 +247,8 @@ def _grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[n
             hi, c_hi = size, est
         t = math.log(c_lo / m) / math.log(c_lo / c_hi) if c_lo > c_hi else 0.5
         size = lo * (hi / lo) ** min(max(t, 0.1), 0.9)  # clamped: keeps shrinking the bracket
-    keys = _voxel_keys(pt, best_size)
-    order = np.argsort(keys, kind="stable")
+    keys = _voxel_keys(pt, best_size, compact=True)
+    order = _argsort_keys(keys)
     sk = keys[order]
     starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
     counts = np.diff(np.r_[starts, n])
@@ -385,7 +400,92 @@ def _encode(prev: _Level, m: int, cfg: AFIConfig, fib: np.ndarray, first: bool) 
                   dirs=dirs, length=length.astype(np.float32), proxy=proxy)
 
 
+# Cone look-up table for the decoder's colinear test. A bin's mean direction lies in the bin's Voronoi cone
+# (a positive sum of offsets whose directions are all in that convex cone), so the bins that can pass
+# |cos(u, dir)| > gamma for some u in a small cell of direction space are known in advance: those whose cone
+# comes within acos(gamma) + the cell's angular radius (+ 0.5 deg float slack) of +u or -u. The table maps a
+# cell of the [-1, 1]^3 grid (u quantised per component) to that bin set as a bitmask; it only skips bins
+# that cannot pass, so the share is exact (~3.5 of 20 bins checked per pair instead of every non-empty bin).
+_LUT_GRID = 64
+_POP16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
+_LOWBIT = np.zeros(37, dtype=np.intp)  # index of a power of two from its value mod 37 (all distinct)
+for _b in range(32):
+    _LOWBIT[(1 << _b) % 37] = _b
+
+
+@lru_cache(maxsize=8)
+def _cone_lut(nb: int, gamma: float, grid: int = _LUT_GRID) -> np.ndarray:
+    """(grid**3,) uint32 bitmask of the bins (of ``nb`` <= 32) that may pass the cone test, per u cell."""
+    fib = fibonacci_directions(nb).astype(np.float64)
+    h = 2.0 / grid
+    c = (np.arange(grid) + 0.5) * h - 1.0
+    p = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    r = np.linalg.norm(p, axis=1)
+    half = h * math.sqrt(3.0) / 2.0  # every point of a cell is within this of its centre
+    live = np.flatnonzero(np.abs(r - 1.0) <= half * 1.01)  # cells a unit vector can fall in
+    rho = math.asin(min(1.0, half / (1.0 - half)))  # angle between a unit vector in the cell and the centre's
+    sin_a = math.sin(math.acos(gamma) + rho + math.radians(0.5))
+    ph = p[live] / r[live, None]
+    # cone(b) = {v: v.(fib_b - fib_b') >= 0 for all b'}; a cap of radius a around c can meet it only if it
+    # meets every one of these half-spaces, i.e. c.n_bb' >= -sin(a) (necessary: the table may keep extra bins)
+    n = fib[:, None, :] - fib[None, :, :]
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    proj = np.einsum("qx,bcx->qbc", ph, n)
+    eye = np.eye(nb, dtype=bool)
+    ok = ((proj >= -sin_a) | eye).all(-1) | ((proj <= sin_a) | eye).all(-1)
+    lut = np.zeros(grid ** 3, dtype=np.uint32)
+    lut[live] = (ok.astype(np.uint32) << np.arange(nb, dtype=np.uint32)).sum(1, dtype=np.uint32)
+    return lut
+
+
+def _cone_cells(u: Sequence[np.ndarray], grid: int = _LUT_GRID) -> np.ndarray:
+    """Cell of :func:`_cone_lut` of each unit vector (x, y, z arrays)."""
+    half = np.float32(grid / 2)
+    q = None
+    for c in u:
+        t = ((c + 1) * half).astype(np.intp)
+        np.clip(t, 0, grid - 1, out=t)
+        if q is None:
+            q = t
+        else:
+            q *= grid
+            q += t
+    return q
+
+
 def _colinear_share(u: Sequence[np.ndarray], j: np.ndarray, coarse: _Level, gamma: float) -> np.ndarray:
+    """Per pair (unit direction u to coarse point j, flat arrays): total share of j's bins whose direction is
+    within acos(gamma) of the line along u. Only bins that are non-empty and allowed by the cone table are
+    visited (lowest bin first, the sum order of a full scan), slot by slot over pairs sorted by how many."""
+    nb = coarse.pct.shape[1]
+    if nb > 32:  # no table: every non-empty bin
+        return _colinear_share_scan(u, j, coarse, gamma)
+    occ = ((coarse.pct > 0).astype(np.uint32) << np.arange(nb, dtype=np.uint32)).sum(1, dtype=np.uint32)
+    m = _cone_lut(nb, float(gamma)).take(_cone_cells(u)) & occ.take(j)
+    pc = _POP16.take(m & np.uint32(0xFFFF)) + _POP16.take(m >> np.uint32(16))
+    order = np.argsort(pc, kind="stable")  # radix sort on uint8: pairs with more bins come last
+    firsts = np.searchsorted(pc.take(order), np.arange(1, int(pc.max(initial=0)) + 1))
+    m, base = m.take(order), j.take(order) * nb
+    ux, uy, uz = (c.take(order) for c in u)
+    dx, dy, dz = (d.reshape(-1) for d in coarse.dirs)
+    pct = coarse.pct.reshape(-1)
+    g2 = np.float32(gamma * gamma)
+    w = np.zeros(len(j), dtype=np.float32)
+    for f in firsts:
+        ms = m[f:]
+        low = ms & (~ms + np.uint32(1))  # lowest remaining bin
+        ms ^= low
+        e = base[f:] + _LOWBIT.take(low % np.uint32(37))
+        cos = dx.take(e) * ux[f:]
+        cos += dy.take(e) * uy[f:]
+        cos += dz.take(e) * uz[f:]
+        w[f:] += np.where(cos * cos > g2, pct.take(e), np.float32(0.0))
+    out = np.empty_like(w)
+    out[order] = w
+    return out
+
+
+def _colinear_share_scan(u: Sequence[np.ndarray], j: np.ndarray, coarse: _Level, gamma: float) -> np.ndarray:
     """Per pair (unit direction u to coarse point j, flat arrays): total share of j's bins whose direction is
     within acos(gamma) of the line along u. Only non-empty bins are visited (about a third at level 1),
     slot by slot over pairs sorted by their coarse point's bin count: no dense (pairs, bins, 3) gather."""
@@ -469,21 +569,26 @@ def _interpolate(q: Sequence[np.ndarray], proxy: Optional[np.ndarray], coarse: _
     return out, total
 
 
-def _cells(points: np.ndarray, size: float) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Group points by cubic cell: (n,) cell of each point, cell mean x, y, z arrays, one point per cell."""
-    n = len(points)
-    pt = points.T - points.min(0)[:, None]
+def _cells(xyz: Sequence[np.ndarray], size: float) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Group points (contiguous x, y, z arrays) by cubic cell: (n,) cell of each point, cell mean x, y, z
+    arrays, one point per cell (its first)."""
+    n = len(xyz[0])
+    pt = np.empty((3, n), dtype=np.float32)
+    for row, c in zip(pt, xyz):
+        np.subtract(c, c.min(), out=row)
     size = max(size, float(pt.max(initial=0.0)) / (1 << 20))  # _voxel_keys has 21 bits per axis
-    keys = _voxel_keys(pt, size)
-    order = np.argsort(keys)
-    sk = keys[order]
-    new = np.r_[True, sk[1:] != sk[:-1]]
+    keys = _voxel_keys(pt, size, compact=True)
+    order = _argsort_keys(keys)
+    sk = keys.take(order)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=new[1:])
     starts = np.flatnonzero(new)
     cell = np.empty(n, dtype=np.intp)
     cell[order] = np.cumsum(new) - 1
     counts = np.diff(np.r_[starts, n]).astype(np.float32)
-    mean = [np.add.reduceat(c[order], starts) / counts for c in points.T]
-    return cell, mean, order[starts]
+    mean = [np.add.reduceat(c.take(order), starts) / counts for c in xyz]
+    return cell, mean, order.take(starts)
 
 
 def _decode(fine: _Level, coarse: _Level, coarse_feat: np.ndarray, skip: float, cell_size: float,
@@ -493,10 +598,10 @@ def _decode(fine: _Level, coarse: _Level, coarse_feat: np.ndarray, skip: float, 
     With ``cell_size`` > 0 the interpolation is evaluated once per cell (at the mean of its points) and
     shared by the cell's points; their own skip vectors stay per point (see AFIConfig.decoder_cell)."""
     if cell_size > 0 and len(fine.points):
-        cell, mean, first = _cells(fine.points, cell_size)
+        cell, mean, first = _cells(fine.xyz, cell_size)
         proxy = None if coarse.proxy is None else coarse.proxy[first]
         out, total = _interpolate(mean, proxy, coarse, coarse_feat, cfg)
-        out, total = out[cell], total[cell]
+        out, total = out.take(cell, axis=0), total.take(cell)  # take: 2x faster than [cell] on rows
     else:
         out, total = _interpolate(fine.xyz, coarse.proxy, coarse, coarse_feat, cfg)
     out += (_EPS + skip * float(total.mean())) * fine.feat

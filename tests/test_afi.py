@@ -384,3 +384,45 @@ def test_streaming_never_outputs_class_zero_for_real_predictions():
         p[0, 3] += 0.1 * i
         out, _ = s.update(pts, labels, p)
         assert np.all(out[labels != 0] != 0)
+
+
+def test_cone_table_never_drops_a_passing_bin():
+    """The decoder's cone look-up table may keep extra bins but must keep every bin whose mean direction
+    (anywhere in the bin's Voronoi cone) can pass the colinear test for the quantised direction u."""
+    from ssov_train.afi import _cone_cells, _cone_lut
+    rng = np.random.default_rng(14)
+    for nb, gamma in ((20, 0.995), (12, 0.99)):
+        fib = fibonacci_directions(nb)
+        lut = _cone_lut(nb, gamma)
+        u = rng.normal(size=(200_000, 3)).astype(np.float32)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        # a direction near +-u (within the cone angle and a bit beyond), and the bin it falls in
+        v = np.sign(rng.random((len(u), 1)) - 0.5) * u + rng.normal(size=u.shape) * 0.08
+        v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+        b = np.argmax(v @ fib.T, axis=1)
+        passing = np.abs(np.sum(u * v, 1)) > gamma
+        mask = lut[_cone_cells(tuple(np.ascontiguousarray(c) for c in u.T))]
+        assert passing.sum() > 10_000
+        assert np.all((mask[passing] >> b[passing].astype(np.uint32)) & 1)
+        assert np.mean([bin(int(x)).count("1") for x in mask[:2000]]) < nb / 3  # and it prunes
+
+
+def test_cone_table_share_equals_the_full_scan():
+    from ssov_train.afi import _colinear_share, _colinear_share_scan
+    rng = np.random.default_rng(15)
+    m, nb = 300, 20
+    pct = rng.random((m, nb)).astype(np.float32) * (rng.random((m, nb)) < 0.5)
+    fib = fibonacci_directions(nb)
+    d = rng.normal(size=(m, nb, 3)) * 0.2 + fib[None]  # mean directions inside (mostly) their bins' cones
+    d = (d / np.linalg.norm(d, axis=-1, keepdims=True))
+    d = d * (np.argmax(d @ fib.T, -1) == np.arange(nb))[..., None]  # outside its cone: not a valid mean
+    coarse = _Level(rng.normal(size=(m, 3)).astype(np.float32), np.zeros((m, 1), np.float32), pct=pct,
+                    dirs=tuple(np.ascontiguousarray(d[..., i], dtype=np.float32) for i in range(3)))
+    j = rng.integers(0, m, 50_000)
+    pick = rng.integers(0, nb, len(j))  # u close to one of j's bin directions, so many pairs pass
+    u = d[j, pick] + rng.normal(size=(len(j), 3)) * 0.05
+    u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    u = tuple(np.ascontiguousarray(c, dtype=np.float32) for c in u.T)
+    fast, full = _colinear_share(u, j, coarse, 0.995), _colinear_share_scan(u, j, coarse, 0.995)
+    assert np.count_nonzero(full) > 5_000
+    assert np.array_equal(fast, full)
