@@ -65,11 +65,12 @@ def project_points(points: np.ndarray, lidar_to_camera: np.ndarray, intrinsics: 
     in_front = depth > min_depth
     idx = np.flatnonzero(in_front)
     p = cam[idx] @ np.asarray(intrinsics, dtype=np.float64).T
-    u = p[:, 0] / p[:, 2]
-    v = p[:, 1] / p[:, 2]
+    # Bounds are tested on the stored float32 values: a float64 v of 359.99999 becomes 360.0 in float32 and
+    # would index past the last row.
+    u = (p[:, 0] / p[:, 2]).astype(np.float32)
+    v = (p[:, 1] / p[:, 2]).astype(np.float32)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    return CameraProjection(idx[inside], np.stack([u[inside], v[inside]], 1).astype(np.float32),
-                            depth[idx[inside]].astype(np.float32))
+    return CameraProjection(idx[inside], np.stack([u[inside], v[inside]], 1), depth[idx[inside]].astype(np.float32))
 
 
 def occluded_mask(proj: CameraProjection, width: int, height: int, radius_px: float,

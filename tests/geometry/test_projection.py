@@ -106,6 +106,13 @@ def test_flat_ground_seen_by_a_32_beam_lidar_is_not_self_occluding():
     assert hidden / (hidden + len(proj.point_index)) < 0.01
 
 
+def test_pixel_just_inside_the_last_row_stays_inside():
+    # v = 50 + 100 * z / 10 lands a hair below the 100-px image height in float64, exactly on it in float32.
+    z = (100 - 50) / 100 * 10 - 1e-7
+    proj = project_points(np.array([[10.0, 0, -z]]), LIDAR_TO_CAM, K, 200, 100, 1.0)
+    assert (proj.pixel_rc[:, 0] < 100).all()
+
+
 def test_min_depth_and_bounds():
     pts = np.array([[0.5, 0, 0], [-5, 0, 0], [10, 0, 0], [10, -20, 0]])  # too close, behind, centre, off-image
     proj = project_points(pts, LIDAR_TO_CAM, K, 200, 100, 1.0)
