@@ -47,8 +47,10 @@ def iou_bar_chart(series: dict[str, Sequence[float]], class_names: Sequence[str]
     ax.set_xticklabels(class_names, rotation=40, ha="right", fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_ylabel("IoU (%)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(handles=legend_handles, fontsize=8, loc="upper right", framealpha=0.9)
+    ax.set_title(title, fontsize=10, pad=10 + 13 * ((n_ser + 1) // 2))  # room for the legend below it
+    # Above the axes, so it never hides bars.
+    ax.legend(handles=legend_handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.01),
+              ncol=min(n_ser, 2), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
