@@ -6,7 +6,7 @@
 3. The shipped demo model (``models/``, trained by `make ablation` on other synthetic streets) segments
    that world: mIoU over every point, confusion matrix and a bird's-eye view of prediction vs truth.
 
-Everything lands in ``--out`` (default ``demo_out/``); run time about a minute on 2 cores.
+Everything lands in ``--out`` (default ``demo_out/``); run time under a minute on 2 cores.
 """
 
 from __future__ import annotations
