@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.ssov-installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_local.xml
 export HF_HUB_OFFLINE := 1
+export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
 .PHONY: venv test demo bench ablation clean

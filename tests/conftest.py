@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_local.xml"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# gloo (DDP on CPU) would otherwise pick the interface of the machine's hostname: keep it on loopback.
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 SAMPLE_DIR = REPO / "data" / "nuscenes_sample"
 
