@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# What np.load raises for a truncated, bit-flipped or foreign .npz (besides a missing key: KeyError).
+NPZ_READ_ERRORS = (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _umask() -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import zipfile
-import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional
@@ -31,7 +29,7 @@ from tqdm import tqdm
 from .data.frame import Frame
 from .errors import DataError
 from .geometry.projection import ProjectionConfig, project_to_camera
-from .io import save_npz_atomic, write_json_atomic
+from .io import NPZ_READ_ERRORS, save_npz_atomic, write_json_atomic
 from .teachers.format import TeacherSource
 from .vocab import ClassDictionary
 
@@ -86,7 +84,7 @@ def load_superpoints(path: str | Path) -> SuperpointSample:
             arrays = {k: z[k] for k in z.files if k != "meta"}
     except FileNotFoundError:
         raise DataError(f"superpoints missing: {path}") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except NPZ_READ_ERRORS as e:
         raise DataError(f"superpoints file {path} is corrupt ({e})") from None
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: not an ssov superpoints file of version {FORMAT_VERSION}")

@@ -24,7 +24,7 @@ import numpy as np
 from ..afi import AFIConfig, afi_refine
 from ..io import write_json_atomic
 from ..vocab import ClassDictionary
-from .metrics import accuracy, confusion_matrix, mean_iou, per_class_iou
+from .metrics import accuracy, confusion_matrix, iou_by_class, mean_iou, none_if_nan, per_class_iou
 from .plots import bev_comparison, confusion_heatmap, iou_bar_chart
 
 _CALIBRATION_BINS = 10
@@ -118,9 +118,9 @@ class EvaluationAccumulator:
         metrics: dict = {
             "vocabulary": d.name, "num_scans": self.num_scans, "num_points": self.num_points,
             "num_labelled_points": int(cm[1:].sum()),
-            "miou": _none_if_nan(mean_iou(cm)), "accuracy": _none_if_nan(accuracy(cm)),
-            "fwiou": _none_if_nan(fw_iou(cm)), "freq_weighted_iou": _none_if_nan(freq_weighted_iou(cm)),
-            "per_class_iou": {name: _none_if_nan(v) for name, v in zip(d.eval_classes, iou)},
+            "miou": none_if_nan(mean_iou(cm)), "accuracy": none_if_nan(accuracy(cm)),
+            "fwiou": none_if_nan(fw_iou(cm)), "freq_weighted_iou": none_if_nan(freq_weighted_iou(cm)),
+            "per_class_iou": iou_by_class(cm, d.eval_classes),
             "class_points": dict(zip(d.eval_classes, cm[1:].sum(1).tolist())),
             "confusion": {"rows": "ground truth", "cols": "prediction", "classes": d.class_names,
                           "matrix": cm.tolist()},
@@ -146,12 +146,8 @@ class EvaluationAccumulator:
             mean_conf, acc = conf / n, correct / n
         ece = float(np.sum(n * np.abs(np.nan_to_num(mean_conf) - np.nan_to_num(acc))) / n.sum())
         return {"ece": ece, "mean_confidence": float(conf.sum() / n.sum()), "num_points": int(n.sum()),
-                "bins": {"points": n.astype(np.int64).tolist(), "confidence": [_none_if_nan(v) for v in mean_conf],
-                         "accuracy": [_none_if_nan(v) for v in acc]}}
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
+                "bins": {"points": n.astype(np.int64).tolist(), "confidence": [none_if_nan(v) for v in mean_conf],
+                         "accuracy": [none_if_nan(v) for v in acc]}}
 
 
 def _safe_name(token: str) -> str:

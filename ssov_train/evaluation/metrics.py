@@ -38,3 +38,13 @@ def mean_iou(cm: np.ndarray) -> float:
 def accuracy(cm: np.ndarray) -> float:
     total = cm[1:].sum()
     return float(np.trace(cm[1:, 1:]) / total) if total else float("nan")
+
+
+def none_if_nan(value: float) -> float | None:
+    """JSON-friendly: an undefined metric becomes null instead of NaN."""
+    return None if np.isnan(value) else float(value)
+
+
+def iou_by_class(cm: np.ndarray, class_names) -> dict:
+    """{evaluation class name: IoU or None where undefined} for classes 1..C-1."""
+    return {name: none_if_nan(v) for name, v in zip(class_names, per_class_iou(cm))}

@@ -12,7 +12,7 @@ from ..geometry.boxes import points_in_boxes
 from ..io import write_json_atomic
 from ..superpoints import iter_superpoints, read_manifest
 from ..vocab import ClassDictionary
-from .metrics import accuracy, confusion_matrix, mean_iou, per_class_iou
+from .metrics import accuracy, confusion_matrix, iou_by_class, mean_iou, per_class_iou
 from .plots import iou_bar_chart
 
 
@@ -72,8 +72,8 @@ def pseudo_label_report(out_dir: str | Path, split: str, reader, dictionary: Cla
             "frames_with_ground_truth": n_gt_frames,
             "miou_labelled_points": mean_iou(cm_labelled), "miou_all_points": mean_iou(cm_all),
             "accuracy_labelled_points": accuracy(cm_labelled),
-            "per_class_iou_labelled_points": dict(zip(dictionary.eval_classes, _nan_to_none(iou_l))),
-            "per_class_iou_all_points": dict(zip(dictionary.eval_classes, _nan_to_none(iou_a))),
+            "per_class_iou_labelled_points": iou_by_class(cm_labelled, dictionary.eval_classes),
+            "per_class_iou_all_points": iou_by_class(cm_all, dictionary.eval_classes),
             "confusion_labelled_points": cm_labelled.tolist(),
         })
         iou_bar_chart({"labelled points": iou_l, "all points (unlabelled = miss)": iou_a},
@@ -88,7 +88,3 @@ def pseudo_label_report(out_dir: str | Path, split: str, reader, dictionary: Cla
         report["files"]["png"] = str(out_dir / f"report_{split}_iou.png")
     write_json_atomic(out_dir / f"report_{split}.json", report)
     return report
-
-
-def _nan_to_none(values) -> list:
-    return [None if np.isnan(v) else float(v) for v in values]

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -31,7 +29,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_path, save_npz_atomic, write_json_atomic
+from ..io import NPZ_READ_ERRORS, atomic_path, save_npz_atomic, write_json_atomic
 
 FORMAT_NAME = "ssov-teacher"
 FORMAT_VERSION = 1
@@ -174,7 +172,7 @@ class TeacherStore:
                     mask_ids=z["mask_ids"], prompt_ids=z["prompt_ids"].astype(np.int32),
                     scores=z["scores"].astype(np.float32),
                     features=z["features"].astype(np.float32) if "features" in z.files else None)
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        except NPZ_READ_ERRORS as e:
             raise DataError(f"teacher {self.name}: corrupt output {p} ({e})") from None
         out.validate(self.num_prompts, self.feature_dim, str(p))
         return out
