@@ -1,0 +1,16 @@
+"""Inference on one scan, shared by the ROS node, export parity checks, benchmarks and text queries.
+
+* :class:`ModelSpec` — the model-bound parameters (classes, palette, voxelization, input fields, feature
+  dimension) that travel with every model file, whatever its format;
+* :class:`Backend` — runs the network on one voxelized scan; implementations register a name with
+  :func:`register_backend` (``torch`` here; ``onnxruntime`` / ``tensorrt`` come from ``export``);
+* :class:`Segmenter` — points in, per-point labels / scores out: input features, the one voxelizer, the
+  backend, class-0 suppression, softmax, optional AFI, with per-stage timings.
+"""
+
+from .backends import Backend, TorchBackend, available_backends, open_backend, register_backend
+from .segmenter import Segmentation, Segmenter
+from .spec import ModelSpec
+
+__all__ = ["Backend", "TorchBackend", "ModelSpec", "Segmentation", "Segmenter", "available_backends",
+           "open_backend", "register_backend"]

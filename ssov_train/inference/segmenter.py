@@ -1,0 +1,104 @@
+"""Points in, labels out: the inference pipeline of one scan, used alike by the node, export and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..afi import AFIConfig, StreamingAFI, TemporalConfig
+from ..errors import DataError
+from ..geometry.voxelize import voxelize
+from .backends import Backend
+
+IGNORE_LOGIT = -1e6  # class 0 ("ignore") is never predicted, as in training-time evaluation
+
+
+@dataclass
+class Segmentation:
+    """Result for the N finite input points."""
+
+    labels: Optional[np.ndarray]  # (N,) int64 class ids (1..C-1); None for feature models
+    scores: Optional[np.ndarray]  # (N,) float32 probability of the label
+    probs: Optional[np.ndarray] = None  # (N, C) float32, when asked for
+    features: Optional[np.ndarray] = None  # (N, D) float32 for feature (TMP) models
+    num_voxels: int = 0
+    timings_ms: dict = field(default_factory=dict)  # stage -> milliseconds
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(1, keepdims=True)
+    return z
+
+
+class Segmenter:
+    """Wraps a :class:`Backend` with the input features, the voxelizer and AFI.
+
+    ``afi``: None turns AFI off.  With ``temporal`` set, AFI is streaming (:class:`StreamingAFI`): frames given a
+    ``pose`` vote for their successors; without a pose a frame is refined on its own.
+    """
+
+    def __init__(self, backend: Backend, afi: Optional[AFIConfig] = None,
+                 temporal: Optional[TemporalConfig] = None):
+        self.backend = backend
+        self.spec = backend.spec
+        self.afi: Optional[StreamingAFI] = None
+        if afi is not None and self.spec.has_classes:
+            self.afi = StreamingAFI(afi, num_classes=self.spec.num_classes,
+                                    temporal=temporal or TemporalConfig(history=0),
+                                    dictionary=self.spec.vocabulary or afi.dictionary)
+
+    def reset(self) -> None:
+        """Forget the streaming history (time jump, new bag, relocalisation)."""
+        if self.afi is not None:
+            self.afi.reset()
+
+    def segment(self, xyz: np.ndarray, intensity: Optional[np.ndarray] = None, pose: Optional[np.ndarray] = None,
+                keep_probs: bool = False) -> Segmentation:
+        """Segment one scan: ``xyz`` (N, 3) finite sensor-frame coordinates, ``intensity`` (N,) (zeros if None),
+        ``pose`` the 4x4 sensor -> fixed-frame transform for streaming AFI."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        xyz = np.asarray(xyz, dtype=np.float32)
+        if xyz.ndim != 2 or xyz.shape[1] != 3:
+            raise DataError(f"segment: xyz must be (N, 3), got {xyz.shape}")
+        if len(xyz) == 0:
+            raise DataError("segment: empty point cloud")
+        intensity = np.zeros(len(xyz), np.float32) if intensity is None else np.asarray(intensity, np.float32)
+        if intensity.shape != (len(xyz),):
+            raise DataError(f"segment: intensity must be ({len(xyz)},), got {intensity.shape}")
+        feats = self.spec.point_features(intensity)
+        vox = voxelize(xyz, self.spec.voxel, features=feats)
+        timings["voxelize"] = _ms(t)
+
+        t = time.perf_counter()
+        out = self.backend.run(vox.features, vox.coords, vox.spatial_shape)
+        timings["network"] = _ms(t)
+        if out.shape[0] != vox.num_voxels:
+            raise DataError(f"backend {self.backend.name} returned {out.shape[0]} rows for {vox.num_voxels} voxels")
+
+        if not self.spec.has_classes:
+            return Segmentation(None, None, features=out[vox.point_to_voxel], num_voxels=vox.num_voxels,
+                                timings_ms=timings)
+        t = time.perf_counter()
+        logits = np.array(out, dtype=np.float32)
+        logits[:, 0] = IGNORE_LOGIT
+        probs = softmax(logits)[vox.point_to_voxel]
+        timings["softmax"] = _ms(t)
+        if self.afi is not None:
+            t = time.perf_counter()
+            labels, probs = self.afi.update(xyz, probs, pose=pose)
+            timings["afi"] = _ms(t)
+        else:
+            labels = probs.argmax(1)
+        scores = probs[np.arange(len(labels)), labels].astype(np.float32)
+        return Segmentation(labels.astype(np.int64), scores, probs if keep_probs else None,
+                            num_voxels=vox.num_voxels, timings_ms=timings)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0

@@ -1,0 +1,85 @@
+"""Model-bound parameters: what a consumer must know to feed a model and read its output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..geometry.voxelize import VoxelConfig
+from ..training.data import point_features
+
+INPUT_FIELDS = ("intensity", "intensity+1")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Classes, palette, voxel grid and input of a model; identical whether it comes from an
+    ``ssov-checkpoint`` or an exported model package (the package's sidecar stores :meth:`to_dict`)."""
+
+    class_names: tuple[str, ...]  # index 0 is "ignore" (never predicted)
+    palette: np.ndarray  # (C, 3) uint8
+    voxel: VoxelConfig
+    input_fields: tuple[str, ...]  # per-point network inputs, e.g. ("intensity",)
+    model: dict  # MinkUNetConfig fields (arch, width, in_channels, out_channels, ...)
+    stage: str = "annotation_free"
+    vocabulary: str = ""
+    feature_dim: Optional[int] = None  # set for TMP (feature-head) models
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        palette = np.asarray(self.palette, dtype=np.int64)
+        if palette.ndim != 2 or palette.shape[1] != 3 or palette.min() < 0 or palette.max() > 255:
+            raise ConfigError(f"model palette must be (C, 3) in 0..255, got shape {palette.shape}")
+        object.__setattr__(self, "palette", palette.astype(np.uint8))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "input_fields", tuple(self.input_fields))
+        if self.has_classes and len(self.class_names) != len(self.palette):
+            raise ConfigError(f"model has {len(self.class_names)} classes but {len(self.palette)} palette colours")
+        for name in self.input_fields:
+            if name not in INPUT_FIELDS:
+                raise ConfigError(f"model input field {name!r} is not one of {INPUT_FIELDS}")
+        if self.has_classes and int(self.model.get("out_channels", -1)) != len(self.class_names):
+            raise ConfigError(f"model outputs {self.model.get('out_channels')} channels for "
+                              f"{len(self.class_names)} classes")
+
+    @property
+    def has_classes(self) -> bool:
+        """True for class models (annotation-free, downstream); TMP models output features instead."""
+        return self.stage != "pretrain"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.get("in_channels", len(self.input_fields)))
+
+    def point_features(self, intensity: np.ndarray) -> np.ndarray:
+        """(N, in_channels) float32 network input from per-point intensity, exactly as training computed it."""
+        return np.concatenate([point_features(intensity, name) for name in self.input_fields], axis=1)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "ModelSpec":
+        missing = [k for k in ("class_names", "palette", "voxel", "input_fields", "model") if k not in ckpt]
+        if missing:
+            raise ConfigError(f"{source} lacks model-bound fields {missing}: not a model checkpoint")
+        voxel = ckpt["voxel"]
+        return cls(class_names=ckpt["class_names"], palette=np.asarray(ckpt["palette"]),
+                   voxel=VoxelConfig(voxel["mode"], tuple(voxel["size"]) if voxel.get("size") else None),
+                   input_fields=tuple(ckpt["input_fields"]), model=dict(ckpt["model"]),
+                   stage=str(ckpt.get("stage", "annotation_free")), vocabulary=str(ckpt.get("vocabulary", "")),
+                   feature_dim=ckpt.get("feature_dim"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names), "palette": self.palette.tolist(),
+                "voxel": {"mode": self.voxel.mode, "size": list(self.voxel.size)},
+                "input_fields": list(self.input_fields), "model": dict(self.model), "stage": self.stage,
+                "vocabulary": self.vocabulary, "feature_dim": self.feature_dim}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model package") -> "ModelSpec":
+        return cls.from_checkpoint(d, source)
