@@ -1,0 +1,187 @@
+"""`ssov-replay BAG`: publish a rosbag2's messages with their original timing (what `ros2 bag play` does).
+
+Messages go out as the recorded CDR bytes (rclpy publishes serialized bytes as they are: no deserialization),
+each at ``start + (t - t_first) / rate``. Publishers use the recorded QoS (/tf_static transient local, sensor
+topics as recorded). A topic whose message package has no Python module here (tf2_msgs has no PyPI wheel) is
+skipped with one warning. Bag reading and the schedule live in :mod:`ssov_ros.bags` (ROS-free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+from ssov_train.errors import SsovError
+
+from .bags import LATCHED_QOS, BagInfo, QosSpec, bag_info, read_messages, replay_schedule
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/PointCloud2' -> the rclpy message class; None when its package is not installed."""
+    pkg, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def rclpy_qos(spec: QosSpec):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=spec.depth,
+                      reliability=ReliabilityPolicy.RELIABLE if spec.reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if spec.durability == "transient_local"
+                      else DurabilityPolicy.VOLATILE)
+
+
+def parse_remaps(remaps: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for r in remaps:
+        src, sep, dst = r.partition(":=")
+        if not sep or not src or not dst:
+            raise SsovError(f"remap {r!r}: expected FROM:=TO")
+        out[src] = dst
+    return out
+
+
+class Replayer:
+    """Publishers for a bag's topics on ``node``; :meth:`play` publishes the messages on schedule."""
+
+    def __init__(self, node, bag: str | Path, topics: Optional[Sequence[str]] = None,
+                 remap: Optional[dict[str, str]] = None, log: Callable[[str], None] = print):
+        self.node, self.bag = node, Path(bag)
+        self.info: BagInfo = bag_info(self.bag)
+        wanted = list(topics) if topics else sorted(self.info.topics)
+        unknown = [t for t in wanted if t not in self.info.topics]
+        if unknown:
+            raise SsovError(f"bag {self.bag}: no topic {', '.join(unknown)} "
+                            f"(topics: {', '.join(sorted(self.info.topics))})")
+        remap = remap or {}
+        self.publishers: dict[str, object] = {}  # bag topic -> publisher
+        self.skipped: dict[str, str] = {}  # bag topic -> message type without a Python module
+        for topic in wanted:
+            t = self.info.topics[topic]
+            cls = message_class(t.msgtype)
+            if cls is None:
+                self.skipped[topic] = t.msgtype
+                continue
+            qos = LATCHED_QOS if topic == "/tf_static" else t.qos
+            self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), rclpy_qos(qos))
+        if self.skipped:
+            log(f"replay: skipping {', '.join(sorted(self.skipped))}: no Python module for "
+                f"{', '.join(sorted(set(self.skipped.values())))} in this environment")
+        if not self.publishers:
+            raise SsovError(f"bag {self.bag}: none of the selected topics can be published here")
+        self.published = 0
+
+    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> list[str]:
+        """Wait until each bag topic in ``topics`` has a matched subscription; return those that have none."""
+        deadline = time.monotonic() + timeout_s
+        pending = [t for t in topics if t in self.publishers]
+        while pending and time.monotonic() < deadline:
+            pending = [t for t in pending if self.publishers[t].get_subscription_count() == 0]
+            if pending:
+                time.sleep(0.02)
+        return pending
+
+    def play(self, rate: float = 1.0, stop: Optional[threading.Event] = None,
+             on_publish: Optional[Callable[[str, int, float], None]] = None) -> int:
+        """Publish every selected message once at ``rate`` x real time; return how many were published.
+
+        ``on_publish(topic, bag_time_ns, wall_time)`` is called after each publish (the demo measures latency
+        with it). The bag is streamed, not loaded: a long bag costs no memory.
+        """
+        if not rate > 0:
+            raise SsovError(f"replay rate must be > 0, got {rate}")
+        stop = stop or threading.Event()
+        start_wall, count = time.monotonic(), 0
+        for offset, (topic, _, t_ns, raw) in replay_schedule(read_messages(self.bag, list(self.publishers)), rate):
+            due = start_wall + offset
+            while not stop.is_set():
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    break
+                stop.wait(min(wait, 0.1))
+            if stop.is_set():
+                break
+            self.publishers[topic].publish(raw)  # serialized bytes: rclpy publishes them as they are
+            count += 1
+            if on_publish is not None:
+                on_publish(topic, t_ns, time.time())
+        self.published += count
+        return count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ssov-replay", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap)")
+    ap.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    ap.add_argument("--loop", action="store_true", help="play the bag again and again until Ctrl-C")
+    ap.add_argument("--topics", nargs="+", help="replay only these topics")
+    ap.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
+    ap.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
+                    help="before playing, wait up to this long until every replayed topic has a subscriber")
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
+    argv = argv[: len(argv) - len(ros_args)]
+    args = build_parser().parse_args(argv)
+    if not args.rate > 0:
+        build_parser().error(f"--rate must be > 0, got {args.rate}")
+    try:
+        info = bag_info(args.bag)  # a missing or corrupt bag fails here, before ROS starts
+        remap = parse_remaps(args.remap)
+    except SsovError as exc:
+        print(f"ssov-replay: error: {exc}", file=sys.stderr)
+        return 2
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=["ssov_replay", *ros_args])
+    node = rclpy.create_node("ssov_replay")
+    stop = threading.Event()
+    try:
+        player = Replayer(node, args.bag, args.topics, remap, log=lambda m: node.get_logger().warning(m))
+        if args.wait_for_subscribers > 0:
+            missing = player.wait_for_subscribers(list(player.publishers), args.wait_for_subscribers)
+            if missing:
+                node.get_logger().warning(f"no subscriber after {args.wait_for_subscribers:.0f} s on: "
+                                          f"{', '.join(missing)}; playing anyway")
+        node.get_logger().info(f"playing {args.bag} ({info.message_count} messages, {info.duration_s:.2f} s) "
+                               f"at x{args.rate:g}{' in a loop' if args.loop else ''}")
+        while rclpy.ok():
+            started = time.monotonic()
+            player.play(args.rate, stop)
+            if not args.loop or stop.is_set():
+                break
+            # The next pass starts one bag duration after this one (at least 0.1 s: a one-message bag
+            # would otherwise be published in a busy loop).
+            stop.wait(max(0.0, started + max(info.duration_s, 0.1) / args.rate - time.monotonic()))
+        node.get_logger().info(f"published {player.published} messages")
+    except SsovError as exc:
+        print(f"ssov-replay: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        stop.set()
+    except Exception:
+        if rclpy.ok():
+            raise  # a publish failing after SIGTERM shut the context down is the normal end, not an error
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
