@@ -26,10 +26,13 @@ class TeacherConfig:
     # How the outputs lie on disk: ssov (native format) or a reference teacher's own layout.
     format: Literal["ssov", "catseg", "san", "fcclip"]
     root: Path
-    # `ssov-train teach` produces the outputs (in ssov format) with a built-in teacher.
-    builtin: Optional[Literal["oracle", "boxes"]] = None
+    # `ssov-train teach` produces the outputs (in ssov format) with a built-in teacher: oracle / boxes (no model),
+    # openclip (any local open_clip ViT checkpoint), or catseg / san / fcclip (the released models, GPU).
+    builtin: Optional[Literal["oracle", "boxes", "openclip", "catseg", "san", "fcclip"]] = None
     fcclip_features: Literal["out_vocab", "in_vocab"] = "out_vocab"
     oracle: dict[str, Any] = field(default_factory=dict)  # OracleConfig fields
+    openclip: dict[str, Any] = field(default_factory=dict)  # teachers.openclip.OpenClipConfig fields
+    upstream: dict[str, Any] = field(default_factory=dict)  # teachers.adapters.UpstreamConfig fields
 
     def check(self) -> None:
         if self.builtin and self.format != "ssov":
@@ -81,15 +84,23 @@ def build_builtin_teacher(cfg: TeacherConfig, dictionary: ClassDictionary):
         from .teachers.boxes import BoxTeacher
 
         return BoxTeacher(dictionary)
+    if cfg.builtin in ("openclip", "catseg", "san", "fcclip"):
+        from .teachers.adapters import build_model_teacher
+
+        return build_model_teacher(cfg, dictionary)
     raise ConfigError("teacher.builtin is not set: this config reads existing teacher outputs; "
-                      "set teacher.builtin to 'oracle' (synthetic worlds) or 'boxes' (frames with 3D boxes)")
+                      "set teacher.builtin to 'oracle' (synthetic worlds), 'boxes' (frames with 3D boxes), "
+                      "'openclip' (a local open_clip checkpoint) or catseg / san / fcclip (released models, GPU)")
 
 
-def run_teach(stage: Stage, shard: tuple[int, int] = (0, 1), overwrite: bool = False,
+def run_teach(stage: Stage, shard: Optional[tuple[int, int]] = None, overwrite: bool = False,
               progress: bool = True) -> list[tuple[str, str]]:
-    """Run the built-in teacher over the split; returns the (image or sample, reason) failures."""
-    from .teachers.runner import create_store_for, run_teacher
+    """Run the built-in teacher over the split; returns the (image or sample, reason) failures.
 
+    ``shard`` None: this torchrun process's shard (RANK of WORLD_SIZE), or everything outside torchrun."""
+    from .teachers.runner import create_store_for, distributed_shard, run_teacher
+
+    shard = shard or distributed_shard() or (0, 1)
     teacher = build_builtin_teacher(stage.cfg.teacher, stage.dictionary)
     store = create_store_for(teacher, stage.cfg.teacher.root, stage.dictionary.name)
     failures: list[tuple[str, str]] = []

@@ -12,6 +12,8 @@ On disk, one directory per teacher run::
         prompt_ids (K,)   int32    prompt id (index into the vocabulary) of mask k+1
         scores     (K,)   float32  teacher confidence of that prompt for the mask, in [0, 1]
         features   (K, D) float16  optional per-mask feature (L2-normalised), same space as text_embeddings
+        dense_features (h, w, D) float16  optional per-pixel features on the teacher's own grid (e.g. ViT patches),
+                                   L2-normalised, same space; per-pixel fusion onto points reads them
 
 ``image_token`` is :attr:`CameraView.token` (the nuScenes camera sample_data token for nuScenes data), so the
 same outputs serve every stage.  Readers for the reference teachers' own layouts (CAT-Seg / SAN / FC-CLIP:
@@ -44,6 +46,7 @@ class TeacherImage:
     prompt_ids: np.ndarray  # (K,) int32
     scores: np.ndarray  # (K,) float32
     features: Optional[np.ndarray] = None  # (K, D) float32/16
+    dense_features: Optional[np.ndarray] = None  # (h, w, D) float16, optional per-pixel features
 
     @property
     def num_masks(self) -> int:
@@ -70,6 +73,12 @@ class TeacherImage:
                 raise DataError(f"{where}: features must be ({k}, {feature_dim}), got {self.features.shape}")
             if not np.isfinite(self.features).all():
                 raise DataError(f"{where}: features contain NaN/Inf")
+        if self.dense_features is not None:
+            d = self.dense_features
+            if d.ndim != 3 or (feature_dim is not None and d.shape[2] != feature_dim):
+                raise DataError(f"{where}: dense_features must be (h, w, {feature_dim}), got {d.shape}")
+            if not np.isfinite(d).all():
+                raise DataError(f"{where}: dense_features contain NaN/Inf")
 
 
 class TeacherSource(Protocol):
@@ -162,7 +171,8 @@ class TeacherStore:
     def has(self, image_token: str) -> bool:
         return self._path(image_token).exists()
 
-    def load(self, image_token: str) -> TeacherImage:
+    def load(self, image_token: str, dense: bool = False) -> TeacherImage:
+        """One image's output; ``dense`` also reads the per-pixel features (left compressed otherwise)."""
         p = self._path(image_token)
         if not p.exists():
             raise DataError(f"teacher {self.name}: no output for image {image_token} ({p})")
@@ -171,7 +181,8 @@ class TeacherStore:
                 out = TeacherImage(
                     mask_ids=z["mask_ids"], prompt_ids=z["prompt_ids"].astype(np.int32),
                     scores=z["scores"].astype(np.float32),
-                    features=z["features"].astype(np.float32) if "features" in z.files else None)
+                    features=z["features"].astype(np.float32) if "features" in z.files else None,
+                    dense_features=z["dense_features"] if dense and "dense_features" in z.files else None)
         except NPZ_READ_ERRORS as e:
             raise DataError(f"teacher {self.name}: corrupt output {p} ({e})") from None
         out.validate(self.num_prompts, self.feature_dim, str(p))
@@ -185,6 +196,8 @@ class TeacherStore:
                   "scores": out.scores.astype(np.float32)}
         if out.features is not None:
             arrays["features"] = out.features.astype(np.float16)
+        if out.dense_features is not None:
+            arrays["dense_features"] = out.dense_features.astype(np.float16)
         save_npz_atomic(self._path(image_token), **arrays)
 
 

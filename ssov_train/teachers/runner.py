@@ -1,10 +1,17 @@
-"""Run a teacher over camera images into a :class:`TeacherStore`: resumable, and one bad image stops nothing."""
+"""Run a teacher over camera images into a :class:`TeacherStore`: resumable, batched, shardable, and one bad
+image stops nothing.
+
+Sharding: ``ssov-train teach --shard i/n`` runs the i-th of n round-robin shards of the split's samples; under
+``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) each process takes its own shard automatically, and GPU teachers put
+themselves on ``cuda:<LOCAL_RANK>``.  All shards write into the same output directory (every file is atomic).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Protocol, Union
+from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -33,6 +40,21 @@ class Teacher(Protocol):
     def predict(self, camera: CameraView, frame: Optional[Frame] = None) -> TeacherImage: ...
 
 
+class BatchTeacher(Teacher, Protocol):
+    """A teacher that is faster on several images at once (a network): the runner hands it ``batch_size``."""
+
+    batch_size: int
+
+    def predict_batch(self, cameras: Sequence[CameraView], frames: Sequence[Optional[Frame]]) -> list[TeacherImage]: ...
+
+
+def distributed_shard() -> Optional[tuple[int, int]]:
+    """(rank, world size) when started by torchrun (``RANK`` / ``WORLD_SIZE``), else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
 def create_store_for(teacher: Teacher, root: str | Path, vocabulary_name: str) -> TeacherStore:
     """Create (or reopen, when compatible) the output directory for ``teacher``, text embeddings included."""
     return TeacherStore.create(root, teacher=teacher.name, vocabulary=vocabulary_name,
@@ -48,13 +70,26 @@ def _cameras(items: Iterable[Union[Frame, CameraView]]) -> Iterator[tuple[Camera
             yield item, None
 
 
+def _batches(items: Iterable[tuple[CameraView, Optional[Frame]]], size: int
+             ) -> Iterator[list[tuple[CameraView, Optional[Frame]]]]:
+    batch: list[tuple[CameraView, Optional[Frame]]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def run_teacher(teacher: Teacher, frames_or_cameras: Iterable[Union[Frame, CameraView]], store: TeacherStore,
                 overwrite: bool = False, progress: bool = True) -> list[tuple[str, str]]:
     """Write the teacher's output for every camera image into ``store``; return (image token, message) failures.
 
     Images already in the store are skipped unless ``overwrite`` (so an interrupted run resumes); an image whose
-    input is missing or broken (DataError / OSError) is reported and the run goes on.  ``progress`` shows a
-    progress bar (on terminals only).
+    input is missing or broken (DataError / OSError) is reported and the run goes on.  A teacher with
+    ``predict_batch`` gets ``teacher.batch_size`` images at a time; when a batch fails, its images are retried
+    one by one so only the bad one is lost.  ``progress`` shows a progress bar (on terminals only).
     """
     if store.num_prompts != teacher.num_prompts or store.feature_dim != teacher.feature_dim:
         raise DataError(f"teacher outputs at {store.root} hold {store.num_prompts} prompts / feature dim "
@@ -62,21 +97,45 @@ def run_teacher(teacher: Teacher, frames_or_cameras: Iterable[Union[Frame, Camer
     total = None
     if isinstance(frames_or_cameras, (list, tuple)):
         total = sum(len(x.cameras) if isinstance(x, Frame) else 1 for x in frames_or_cameras)
+    batch_size = int(getattr(teacher, "batch_size", 1)) if hasattr(teacher, "predict_batch") else 1
     failures: list[tuple[str, str]] = []
-    written = skipped = 0
+    counts = {"written": 0, "skipped": 0}
     bar_off = None if progress else True  # None: tqdm shows the bar on terminals only
-    with tqdm(total=total, desc=f"teacher {teacher.name}", unit="img", disable=bar_off) as bar:
+
+    def fail(cam: CameraView, e: Exception) -> None:
+        failures.append((cam.token, str(e)))
+        log.warning("teacher %s: image %s (%s) failed: %s", teacher.name, cam.token, cam.name, e)
+
+    def todo() -> Iterator[tuple[CameraView, Optional[Frame]]]:
         for cam, frame in _cameras(frames_or_cameras):
-            bar.update(1)
             try:
-                if not overwrite and store.has(cam.token):
-                    skipped += 1
-                    continue
-                store.write(cam.token, teacher.predict(cam, frame=frame))
-                written += 1
-            except (DataError, OSError) as e:
-                failures.append((cam.token, str(e)))
-                log.warning("teacher %s: image %s (%s) failed: %s", teacher.name, cam.token, cam.name, e)
-    log.info("teacher %s: %d images written, %d already present, %d failed", teacher.name, written, skipped,
-             len(failures))
+                done = not overwrite and store.has(cam.token)
+            except DataError as e:  # an invalid image token
+                bar.update(1)
+                fail(cam, e)
+                continue
+            if done:
+                counts["skipped"] += 1
+                bar.update(1)
+                continue
+            yield cam, frame
+
+    with tqdm(total=total, desc=f"teacher {teacher.name}", unit="img", disable=bar_off) as bar:
+        for batch in _batches(todo(), batch_size):
+            outputs = None
+            if batch_size > 1 and len(batch) > 1:
+                try:
+                    outputs = teacher.predict_batch([c for c, _ in batch], [f for _, f in batch])  # type: ignore[attr-defined]
+                except (DataError, OSError):
+                    outputs = None  # find the bad image(s) one by one below
+            for i, (cam, frame) in enumerate(batch):
+                try:
+                    out = outputs[i] if outputs is not None else teacher.predict(cam, frame=frame)
+                    store.write(cam.token, out)
+                    counts["written"] += 1
+                except (DataError, OSError) as e:
+                    fail(cam, e)
+                bar.update(1)
+    log.info("teacher %s: %d images written, %d already present, %d failed", teacher.name, counts["written"],
+             counts["skipped"], len(failures))
     return failures
