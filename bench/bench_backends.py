@@ -1,0 +1,163 @@
+"""CPU inference side by side: spconv eager (the torch backend) vs the exported ONNX package (onnxruntime), per
+stage, on the real nuScenes sweep with the demo model, in one run.
+
+Stages are the node's: message conversion (PointCloud2 bytes -> columns and labels/colours -> PointCloud2 bytes,
+ssov_ros.pointcloud without rclpy), voxelize, kernel maps (ONNX only; spconv builds its rulebooks inside the
+network call), network, softmax, AFI.  Both backends run through the same ``Segmenter`` and are interleaved
+repeat by repeat, so machine load hits both alike; the minimum over repeats is the figure (the median is shown
+too).  It also measures this machine's SGEMM rate with torch (the roofline reference, deps.md) and reports
+GFLOP/s of each network over the MACs spconv really does (occupied neighbours only).
+
+    .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from export.kernel_maps import build_kernel_maps  # noqa: E402
+from export.onnx_export import export_package  # noqa: E402
+from ssov_train.afi import AFIConfig  # noqa: E402
+from ssov_train.data.sample import SampleReader  # noqa: E402
+from ssov_train.geometry.voxelize import voxelize  # noqa: E402
+from ssov_train.inference import Segmenter, open_backend  # noqa: E402
+
+DEMO = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
+STAGES = ("message_in", "voxelize", "kernel_maps", "network", "softmax", "afi", "message_out")
+
+
+def sgemm_gflops(threads: int) -> dict[str, float]:
+    """torch fp32 matmul rate at a square and at the thin shapes sparse convs run."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {}
+    for m, k, n in ((2048, 2048, 2048), (16000, 96, 96), (16000, 32, 32)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.matmul(a, b)
+        best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(5))
+        out[f"{m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def useful_macs(model, maps) -> int:
+    """Multiply-accumulates of the MinkUNet on occupied sites / neighbours only (what spconv computes)."""
+    sizes = maps.level_sizes
+    pairs = [rb.num_pairs + sizes[lv] for lv, rb in enumerate(maps.subm)]  # neighbours + centre
+
+    def conv_macs(conv, level_pairs: int) -> int:
+        w = conv.weight
+        return int(w.shape[0] * w.shape[-1] * level_pairs)
+
+    macs = conv_macs(model.stem_conv, pairs[0])
+    for i in range(4):
+        macs += conv_macs(model.down[i].conv, sizes[i])  # one pair per fine site
+        macs += conv_macs(model.up[i].conv, sizes[3 - i])
+        for level, stage in ((i + 1, model.encoder[i]), (3 - i, model.decoder[i])):
+            for blk in stage:
+                macs += conv_macs(blk.conv1, pairs[level]) + conv_macs(blk.conv2, pairs[level])
+                if blk.downsample is not None:
+                    macs += conv_macs(blk.downsample[0], sizes[level])
+    return macs + sizes[0] * model.final.in_features * model.final.out_features
+
+
+def message_stages(xyz: np.ndarray, intensity: np.ndarray):
+    """(parse PointCloud2 bytes, build the labelled output cloud) as the node does, without rclpy."""
+    from types import SimpleNamespace
+
+    from ssov_ros.pointcloud import pack_cloud, read_cloud, rgb_packed
+
+    fields, step, data = pack_cloud({"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "intensity": intensity,
+                                     "ring": np.zeros(len(xyz), np.uint16)})
+    msg = SimpleNamespace(height=1, width=len(xyz), point_step=step, row_step=step * len(xyz), is_bigendian=False,
+                          data=data, fields=[SimpleNamespace(name=n, offset=o, datatype=d, count=c)
+                                             for n, o, d, c in fields])
+
+    def parse():
+        return read_cloud(msg)
+
+    def publish(labels, scores, palette):
+        return pack_cloud({"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "label": labels.astype(np.uint8),
+                           "score": scores, "rgb": rgb_packed(palette[labels])})
+
+    return parse, publish
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--package", type=Path, help="exported package (default: export the demo model to a temp dir)")
+    args = ap.parse_args()
+
+    reader = SampleReader(REPO / "data" / "nuscenes_sample")
+    frame = reader.load(reader.split_tokens()[0])
+    xyz, intensity = frame.points, frame.intensity
+    with tempfile.TemporaryDirectory() as tmp:
+        package = args.package or export_package(DEMO, Path(tmp) / "demo.ssovpkg")[0]
+        backends = {"spconv CPU eager": open_backend(DEMO, "torch", threads=args.threads),
+                    "onnxruntime CPU": open_backend(package, "onnxruntime", threads=args.threads)}
+        segmenters = {name: Segmenter(b, afi=AFIConfig()) for name, b in backends.items()}
+        parse, publish = message_stages(xyz, intensity)
+        results = {name: {s: [] for s in (*STAGES, "total")} for name in backends}
+        labels = {}
+        for name, seg in segmenters.items():  # warm-up
+            seg.segment(xyz, intensity)
+        for _ in range(args.repeats):
+            for name, seg in segmenters.items():
+                t0 = time.perf_counter()
+                cloud = parse()
+                t1 = time.perf_counter()
+                res = seg.segment(cloud.xyz, cloud.intensity)
+                t2 = time.perf_counter()
+                publish(res.labels, res.scores, seg.spec.palette)
+                t3 = time.perf_counter()
+                timings = dict(res.timings_ms, message_in=(t1 - t0) * 1e3, message_out=(t3 - t2) * 1e3)
+                if "kernel_maps" in timings:  # the backend's network figure excludes its kernel maps
+                    timings["network"] = res.timings_ms["network"]
+                for stage in STAGES:
+                    results[name][stage].append(timings.get(stage, 0.0))
+                results[name]["total"].append((t3 - t0) * 1e3)
+                labels[name] = res.labels
+        model = backends["spconv CPU eager"].model
+        vox = voxelize(xyz, backends["onnxruntime CPU"].spec.voxel, features=intensity)
+        macs = useful_macs(model, build_kernel_maps(vox.coords))
+        gemm = sgemm_gflops(args.threads)
+
+    names = list(backends)
+    agree = float(np.mean(labels[names[0]] == labels[names[1]]))
+    print(f"real nuScenes sweep: {len(xyz)} points -> {vox.num_voxels} voxels; demo model {DEMO.name}; "
+          f"{args.threads} threads; {args.repeats} interleaved repeats, min (median) ms; AFI on")
+    print(f"{'stage':<14}" + "".join(f"{n:>26}" for n in names) + f"{'speed-up':>10}")
+    for stage in (*STAGES, "total"):
+        mins = [min(results[n][stage]) for n in names]
+        meds = [statistics.median(results[n][stage]) for n in names]
+        ratio = f"{mins[0] / mins[1]:.1f}x" if mins[1] > 0 and mins[0] > 0 else ""
+        print(f"{stage:<14}" + "".join(f"{a:>15.1f} ({b:>7.1f})" for a, b in zip(mins, meds)) + f"{ratio:>10}")
+    net = {n: min(results[n]["network"]) + min(results[n]["kernel_maps"]) for n in names}
+    print(f"network incl. kernel maps: {net[names[0]]:.1f} vs {net[names[1]]:.1f} ms "
+          f"-> {net[names[0]] / net[names[1]]:.1f}x; end to end {1e3 / min(results[names[0]]['total']):.1f} Hz vs "
+          f"{1e3 / min(results[names[1]]['total']):.1f} Hz; labels identical on {100 * agree:.3f}% of points")
+    print(f"network work: {2 * macs / 1e9:.2f} GFLOP (occupied neighbours only); achieved "
+          + ", ".join(f"{n} {2 * macs / 1e6 / min(results[n]['network']):.0f} GFLOP/s" for n in names))
+    print("torch SGEMM here: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
+
+
+if __name__ == "__main__":
+    main()

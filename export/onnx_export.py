@@ -1,0 +1,164 @@
+"""``ssov-export onnx``: an ssov-checkpoint -> a model package, with a parity check against spconv built in."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from ssov_train.errors import ConfigError, DataError
+from ssov_train.io import write_bytes_atomic, write_text_atomic
+
+from .engine import sample_shapes
+from .kernel_maps import build_kernel_maps
+from .onnx_graph import OPSET, build_graph
+from .package import FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, load_package, sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "data" / "nuscenes_sample"
+MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX graph vs spconv
+MIN_LABEL_AGREEMENT = 0.9999
+MAX_PAIRS_PER_SITE = 16  # TensorRT profile bound on neighbour pairs per site (observed: 2.4 .. 9 on nuScenes)
+
+
+@dataclass
+class Parity:
+    num_voxels: int
+    max_abs_diff: float
+    label_agreement: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= MAX_ABS_DIFF and self.label_agreement >= MIN_LABEL_AGREEMENT
+
+    def __str__(self) -> str:
+        return (f"{self.num_voxels} voxels: max |logit diff| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), "
+                f"labels identical {100 * self.label_agreement:.3f}% (>= {100 * MIN_LABEL_AGREEMENT:g}%)")
+
+
+def load_model(checkpoint: str | Path):
+    """(eval-mode MinkUNet, checkpoint dict) from an ssov-checkpoint."""
+    from ssov_train.models import MinkUNet, MinkUNetConfig
+    from ssov_train.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if "model" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"{checkpoint}: no model config / weights: not a model checkpoint")
+    model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ConfigError(f"{checkpoint}: weights do not fit the model described in the file: {exc}") from exc
+    return model.eval(), ckpt
+
+
+def sample_scan(spec, sample_dir: Path = SAMPLE_DIR):
+    """The real nuScenes sample voxelized for ``spec``: a ``Voxels`` with the network input features."""
+    from ssov_train.data.sample import SampleReader
+    from ssov_train.geometry.voxelize import voxelize
+
+    reader = SampleReader(sample_dir)
+    frame = reader.load(reader.split_tokens()[0])
+    return voxelize(frame.points, spec.voxel, features=spec.point_features(frame.intensity))
+
+
+def spconv_logits(model, vox) -> np.ndarray:
+    """The reference: the spconv model on one thread (its CPU build slows down by 10x and more with two threads
+    on a busy machine, see the README's CPU figures; one thread is predictable and the result the same)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            return model(torch.from_numpy(vox.features), torch.from_numpy(vox.coords),
+                         torch.zeros(vox.num_voxels, dtype=torch.int32), list(vox.spatial_shape), 1).numpy()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, has_classes: bool = True) -> Parity:
+    """Parity of two (V, C) outputs: max |difference| and agreement of the predicted labels (class 0, "ignore",
+    is never predicted)."""
+    diff = float(np.abs(reference - candidate).max()) if reference.size else 0.0
+    if has_classes:
+        agree = float(np.mean(reference[:, 1:].argmax(1) == candidate[:, 1:].argmax(1)))
+    else:
+        agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    return Parity(len(reference), diff, agree)
+
+
+def check_parity(package: str | Path, model, vox, threads: Optional[int] = None) -> Parity:
+    """Run ``package`` in onnxruntime on ``vox`` and compare with the spconv model."""
+    from .onnx_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(package, threads=threads)
+    out = backend.run(vox.features, vox.coords, vox.spatial_shape)
+    return compare(spconv_logits(model, vox), out, backend.spec.has_classes)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import spconv
+    import torch
+
+    from ssov_train.models.spconv_cpu import CPU_FIXES_ACTIVE
+
+    return {"ssov_export": str(FORMAT_VERSION), "torch": str(torch.__version__), "spconv": str(spconv.__version__),
+            "spconv_cpu_fixes": str(CPU_FIXES_ACTIVE), "onnx": str(onnx.__version__),
+            "onnxruntime": str(onnxruntime.__version__), "python": platform.python_version()}
+
+
+def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tuple[int, int, int]] = None,
+                   sample_dir: Path = SAMPLE_DIR, check: bool = True) -> tuple[Path, Optional[Parity]]:
+    """Write the package ``out`` for ``checkpoint``; with ``check``, verify parity on the real sample and refuse
+    (DataError) a package that misses the thresholds.  ``profile``: TensorRT (min, opt, max) voxels; the
+    default is (1024, sample voxels, 4 x sample voxels)."""
+    from ssov_train.inference.spec import ModelSpec
+
+    model, ckpt = load_model(checkpoint)
+    spec = ModelSpec.from_checkpoint(ckpt, str(checkpoint))
+    vox = sample_scan(spec, sample_dir)
+    chunks = build_kernel_maps(vox.coords).chunks()  # chunk lengths sized on a real sweep, frozen in the graph
+    shapes = sample_shapes(build_kernel_maps(vox.coords, chunks).inputs())
+    if profile is None:
+        opt = int(vox.num_voxels)
+        profile = (min(1024, opt), opt, 4 * opt)
+    lo, opt, hi = (int(v) for v in profile)
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"profile must be 1 <= min <= opt <= max voxels, got {profile}")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = build_graph(model, chunks)
+    write_bytes_atomic(out / ONNX_FILE, graph.SerializeToString())
+    sidecar = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "text_embeddings": ckpt.get("text_embeddings"),
+        "onnx": {"file": ONNX_FILE, "sha256": sha256_of(out / ONNX_FILE), "opset": OPSET,
+                 "inputs": [i.name for i in graph.graph.input], "outputs": ["logits"], "index_dtype": "int32"},
+        "chunks": chunks,
+        "sample_shapes": shapes,
+        "profile": {"num_voxels": [lo, opt, hi], "max_pairs_per_site": MAX_PAIRS_PER_SITE},
+        "source": {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": sha256_of(Path(checkpoint))},
+        "versions": _versions(),
+    }
+    parity = None
+    if check:
+        sidecar_tmp = out / SIDECAR_FILE
+        write_text_atomic(sidecar_tmp, yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
+        parity = check_parity(out, model, vox)
+        sidecar["parity"] = {"sample_voxels": parity.num_voxels, "max_abs_diff": parity.max_abs_diff,
+                             "label_agreement": parity.label_agreement}
+        if not parity.ok:
+            (out / SIDECAR_FILE).unlink()
+            raise DataError(f"export parity check failed on the real sample: {parity}")
+    write_text_atomic(out / SIDECAR_FILE, yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
+    load_package(out)  # what consumers will do: sidecar + sha256
+    return out, parity

@@ -1,0 +1,106 @@
+"""The model package: what ``ssov-export onnx`` writes and every non-torch backend reads.
+
+Layout (a directory, by convention ``<name>.ssovpkg/``)::
+
+    model.onnx     the network; kernel maps are inputs (export/onnx_graph.py)
+    model.yaml     the sidecar: format/version, ModelSpec fields (classes, palette, voxelization, input fields,
+                   model config, stage, vocabulary, feature dim), text embeddings file if any, the chunk length of
+                   every rulebook, the TensorRT profile (min/opt/max voxels), opset, versions that made it,
+                   sha256 of model.onnx, and the parity figures measured at export
+    engines/       TensorRT engine cache (export/engine.py), created on the target machine
+
+The sha256 is checked on every load: an ONNX file that does not match its sidecar is refused by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssov_train.errors import ConfigError, DataError
+from ssov_train.inference.spec import ModelSpec
+
+FORMAT_NAME = "ssov-model-package"
+FORMAT_VERSION = 1
+ONNX_FILE = "model.onnx"
+SIDECAR_FILE = "model.yaml"
+REQUIRED_KEYS = ("format", "version", "spec", "onnx", "chunks", "profile")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_dir(path: str | Path) -> Path:
+    """The package directory for ``path``: the directory itself, or the one holding a given model.onnx /
+    model.yaml."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.name in (ONNX_FILE, SIDECAR_FILE) else path
+
+
+def is_package(path: str | Path) -> bool:
+    return (package_dir(path) / SIDECAR_FILE).is_file()
+
+
+@dataclass
+class ModelPackage:
+    root: Path
+    sidecar: dict[str, Any]
+    spec: ModelSpec
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / ONNX_FILE
+
+    @property
+    def chunks(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.sidecar["chunks"].items()}
+
+    @property
+    def profile(self) -> dict[str, list[int]]:
+        return self.sidecar["profile"]
+
+    @property
+    def onnx_sha256(self) -> str:
+        return str(self.sidecar["onnx"]["sha256"])
+
+
+def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
+    """Read and check a package: sidecar format and keys, ModelSpec, and (``verify``) the ONNX file's sha256."""
+    root = package_dir(path)
+    sidecar_path = root / SIDECAR_FILE
+    if not sidecar_path.is_file():
+        raise DataError(f"{root}: not a model package (no {SIDECAR_FILE}); export one with `ssov-export onnx`")
+    try:
+        sidecar = yaml.safe_load(sidecar_path.read_text())
+    except yaml.YAMLError as exc:
+        raise DataError(f"{sidecar_path}: invalid YAML ({exc})") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_NAME:
+        raise DataError(f"{sidecar_path}: not an {FORMAT_NAME} sidecar")
+    missing = [k for k in REQUIRED_KEYS if k not in sidecar]
+    if missing:
+        raise DataError(f"{sidecar_path}: missing keys {missing}")
+    if int(sidecar["version"]) > FORMAT_VERSION:
+        raise DataError(f"{sidecar_path}: package version {sidecar['version']} is newer than this ssov "
+                        f"(reads up to {FORMAT_VERSION})")
+    try:
+        spec = ModelSpec.from_dict(sidecar["spec"], str(sidecar_path))
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{sidecar_path}: bad model spec: {exc}") from None
+    pkg = ModelPackage(root, sidecar, spec)
+    if verify:
+        if not pkg.onnx_path.is_file():
+            raise DataError(f"{root}: {ONNX_FILE} missing")
+        actual = sha256_of(pkg.onnx_path)
+        if actual != pkg.onnx_sha256:
+            raise DataError(f"{pkg.onnx_path}: sha256 {actual[:12]}... does not match the sidecar's "
+                            f"{pkg.onnx_sha256[:12]}...: the ONNX file was modified or replaced; re-export it")
+    return pkg

@@ -1,0 +1,79 @@
+"""TensorRT backend and engine build: the model package's ONNX -> a cached, validated engine.
+
+``open_backend(pkg, "tensorrt", precision="fp16")`` loads the engine cached for this ONNX / TensorRT / GPU /
+precision / profile (export/engine.py), building it first when there is none or the cached one does not
+match.  ``ssov-export engine PKG [--fp16] [--build-only]`` does the same from the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ssov_train.errors import DataError
+from ssov_train.inference.backends import Backend
+from ssov_train.io import write_bytes_atomic
+
+from . import engine as eng
+from .kernel_maps import build_kernel_maps
+from .package import ModelPackage, load_package
+
+
+def ensure_engine(pkg: ModelPackage, precision: str = "fp16", cache_dir: Optional[Path] = None,
+                  force: bool = False, log=print) -> Path:
+    """Path of a valid engine for ``pkg`` on this machine, built (and recorded) when needed."""
+    from . import trt_api
+
+    problems = eng.check_onnx(_load_onnx(pkg))
+    if problems:
+        raise DataError(f"{pkg.onnx_path} is not TensorRT-ready: {'; '.join(problems)}")
+    key = eng.make_key(pkg, *trt_api.runtime_info(), precision)
+    path = eng.engine_path(pkg, key, cache_dir)
+    rebuild, why = eng.decide(path, key)
+    log(f"tensorrt: {why}")
+    if rebuild or force:
+        profiles = eng.derive_profiles(pkg)
+        log(f"tensorrt: building {precision} engine (voxels {pkg.profile['num_voxels']}) -> {path}")
+        data, seconds = trt_api.build_engine(pkg.onnx_path, profiles, precision)
+        write_bytes_atomic(path, data)
+        eng.write_record(path, key, profiles, seconds)
+        log(f"tensorrt: built in {seconds:.1f} s")
+    return path
+
+
+def _load_onnx(pkg: ModelPackage):
+    import onnx
+
+    return onnx.load(str(pkg.onnx_path), load_external_data=False)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, precision: str = "fp16", cache_dir: Optional[str | Path] = None,
+                 **_ignored):
+        from . import trt_api
+
+        self.package = load_package(path)
+        self.spec = self.package.spec
+        self.precision = precision
+        self.profiles = eng.derive_profiles(self.package)
+        self.engine_path = ensure_engine(self.package, precision, Path(cache_dir) if cache_dir else None)
+        self.runner = trt_api.EngineRunner(self.engine_path.read_bytes())
+        self.last_timings_ms: dict[str, float] = {}
+
+    def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
+        t = time.perf_counter()
+        maps = build_kernel_maps(coords, self.package.chunks)
+        feeds = {"features": np.ascontiguousarray(features, dtype=np.float32), **maps.inputs()}
+        eng.check_shapes(self.profiles, feeds)
+        t_maps = time.perf_counter()
+        out = self.runner.run(feeds)
+        self.last_timings_ms = {"kernel_maps": (t_maps - t) * 1e3, "network": (time.perf_counter() - t_maps) * 1e3}
+        return out
+
+    def describe(self) -> str:
+        return f"tensorrt ({self.precision}, {self.engine_path.name})"
