@@ -11,13 +11,19 @@ Also reported: the exact-FPS variant (the reference's sampler) against the defau
 time, how many output labels agree, and how evenly each spreads the 1365 level-1 centres (covering
 radius = largest distance from a point to its nearest centre), plus StreamingAFI with 3 frames of history.
 
-    .venv/bin/python bench/bench_afi.py [--repeats 20]
+``--compare OLD.py`` times another version of ``ssov_train/afi.py`` against this one in the same process
+(repeats interleaved, so both see the same machine load) and reports the labels they agree on, on the real
+scan and on two synthetic-world scans (their lidarseg labels with 10% noise, as labels and as probabilities):
+
+    git show HEAD:ssov_train/afi.py > /tmp/afi_old.py
+    .venv/bin/python bench/bench_afi.py [--repeats 20] [--compare /tmp/afi_old.py]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import os
 import pstats
 import sys
@@ -79,9 +85,63 @@ def covering_radius(points: np.ndarray, centres: np.ndarray) -> tuple[float, flo
     return float(d.max()), float(np.percentile(d, 99))
 
 
+def load_module(path: Path, name: str = "afi_compared"):
+    """Import a stand-alone copy of ssov_train/afi.py (its relative imports resolve inside ssov_train)."""
+    spec = importlib.util.spec_from_file_location(f"ssov_train.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_scans(dictionary, count: int = 2) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Synthetic-world sweeps labelled by their lidarseg classes with 10% random label noise."""
+    from ssov_train.data.synthetic.sensors import lidar_grid, scan_lidar
+    from ssov_train.data.synthetic.world import build_scene
+
+    out = []
+    for seed in range(count):
+        scan = scan_lidar(build_scene(seed, 0, 2), lidar_grid(), 0.0, np.random.default_rng(seed))
+        labels = dictionary.map_raw(scan.raw_labels).astype(np.int64)
+        rng = np.random.default_rng(seed)
+        flip = (rng.random(len(labels)) < 0.1) & (labels != 0)
+        labels[flip] = rng.integers(1, dictionary.num_classes, flip.sum())
+        out.append((f"synthetic street {seed}", np.ascontiguousarray(scan.points[:, :3]), labels))
+    return out
+
+
+def compare(old_path: Path, points: np.ndarray, labels: np.ndarray, dictionary, repeats: int) -> None:
+    """Old vs this AFI: interleaved timings (min = least disturbed) and label agreement."""
+    old = load_module(old_path)
+    c = dictionary.num_classes
+    fns = {"old": lambda p, x: old.afi_refine(p, x, old.AFIConfig(), c),
+           "new": lambda p, x: afi_refine(p, x, AFIConfig(), c)}
+    ts: dict[str, list[float]] = {"old": [], "new": []}
+    for fn in fns.values():
+        fn(points, labels)  # warm-up: lookup tables
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn(points, labels)
+            ts[name].append(time.perf_counter() - t)
+    lo, ln = (1000 * min(ts[k]) for k in ("old", "new"))
+    mo, mn = (1000 * float(np.median(ts[k])) for k in ("old", "new"))
+    print(f"compared with {old_path} (real scan, interleaved, {repeats} repeats): old min {lo:.1f} ms "
+          f"(median {mo:.1f}), new min {ln:.1f} ms (median {mn:.1f}): {lo / ln:.2f}x (medians {mo / mn:.2f}x)")
+    rng = np.random.default_rng(0)
+    cases = [("real scan", points, labels)] + synthetic_scans(dictionary)
+    for name, pts, lab in cases:
+        probs = np.eye(c, dtype=np.float32)[lab] * 0.6 + rng.random((len(lab), c), dtype=np.float32) * (0.4 / c)
+        for kind, pred in (("labels", lab), ("probabilities", probs)):
+            (a, pa), (b, pb) = fns["old"](pts, pred), fns["new"](pts, pred)
+            print(f"  {name:20s} {kind:13s} {len(pts)} points: labels identical on {np.mean(a == b):.4%}, "
+                  f"max |probability difference| {np.abs(pa - pb).max():.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--compare", type=Path, help="another version of ssov_train/afi.py to compare with")
     args = ap.parse_args()
 
     dictionary = load_dictionary("nuscenes")
@@ -91,6 +151,9 @@ def main() -> None:
     c = dictionary.num_classes
     print(f"scan: {len(points)} points; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
           "(other processes inflate the numbers; min is the least disturbed run)")
+
+    if args.compare:
+        compare(args.compare, points, labels, dictionary, args.repeats)
 
     cfg = AFIConfig()
     med, low, (out, _) = timed(lambda: afi_refine(points, labels, cfg, c), args.repeats)

@@ -62,6 +62,52 @@ def cmd_teach(args) -> int:
     return _report_failures(failures)
 
 
+def cmd_fuse(args) -> int:
+    from .openvocab.fusion import FusionRun, run_fusion
+
+    stage = _load_stage(args)
+    out = Path(args.out)
+    result = run_fusion(stage.reader, stage.tokens(), stage.teacher(), out,
+                        FusionRun(source=args.source, projection=stage.cfg.projection), split=stage.cfg.dataset.split,
+                        shard=args.shard, overwrite=args.overwrite)
+    print(f"fused features: {len(result.done)} computed, {len(result.skipped)} already present, "
+          f"{len(result.failed)} failed in {result.seconds:.1f} s -> {out}")
+    if args.evaluate:
+        from .inference import Segmenter, open_backend
+        from .openvocab.ensemble import evaluate_open_vocabulary
+
+        text = stage.teacher().text_embeddings()
+        if text is None:
+            from .errors import DataError
+
+            raise DataError(f"teacher outputs at {stage.cfg.teacher.root} have no text embeddings to classify with")
+        results = evaluate_open_vocabulary(Segmenter(open_backend(args.evaluate)), stage.reader, stage.tokens(), out,
+                                           text, stage.dictionary, out / f"eval_{stage.cfg.dataset.split}")
+        for mode, m in results.items():
+            miou = m["miou"]
+            print(f"  {mode:9s} mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'}")
+    return _report_failures(result.failed)
+
+
+def cmd_query(args) -> int:
+    from .openvocab.query import load_scan, run_query
+
+    if args.scan:
+        xyz, intensity = load_scan(args.scan)
+        name = Path(args.scan).name
+    else:
+        stage = _load_stage(args)
+        token = args.sample or stage.tokens()[0]
+        frame = stage.reader.load(token)
+        xyz, intensity, name = frame.points, frame.intensity, f"{frame.dataset} {token}"
+    summary = run_query(Path(args.resume_path), args.text, xyz, intensity, Path(args.out),
+                        embeddings=args.embeddings, text_encoder=args.text_encoder, backend=args.backend,
+                        scan_name=name)
+    print(f"query {args.text!r}: {summary['description']}; scores {summary['score_min']:.3f}..{summary['score_max']:.3f} "
+          f"over {summary['num_points']} points -> {summary['files']['heatmap']}")
+    return 0
+
+
 def cmd_superpoints(args) -> int:
     from .pipeline import run_report, run_superpoints_stage
 
@@ -126,7 +172,12 @@ def cmd_evaluate(args) -> int:
     from .training.stages import run_evaluation
 
     cfg = _load_train_config(args, ("annotation_free", "downstream"))
-    metrics = run_evaluation(cfg, Path(args.resume_path), Path(args.out) if args.out else None, afi=args.afi)
+    if not (args.model or args.resume_path):
+        from .errors import ConfigError
+
+        raise ConfigError("evaluate: give the model with --model (or --resume-path)")
+    metrics = run_evaluation(cfg, Path(args.model or args.resume_path), Path(args.out) if args.out else None,
+                             afi=args.afi, backend=args.backend)
     miou = metrics["miou"]
     print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {metrics['num_scans']} scans "
           f"-> {metrics['files']['json']}")
@@ -177,7 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    stage_parser("teach", "run the config's built-in teacher (oracle | boxes) over the split", cmd_teach, True)
+    te = stage_parser("teach", "run the config's built-in teacher (oracle | boxes | openclip | catseg | san | fcclip) "
+                               "over the split", cmd_teach, True)
+    te.set_defaults(shard=None)  # no --shard: under torchrun each process takes its RANK's shard
+    fu = stage_parser("fuse", "multi-view fusion of the teacher's 2D features onto points (open vocabulary)",
+                      cmd_fuse, True)
+    fu.add_argument("--out", required=True, help="output directory of the fused features")
+    fu.add_argument("--source", choices=["mask", "pixel"], default="mask",
+                    help="mask features (every teacher) or per-pixel features (teachers that store them)")
+    fu.add_argument("--evaluate", type=Path, metavar="MODEL",
+                    help="then score a feature (TMP) model in fusion / distill / ensemble modes on the split")
     sp = stage_parser("superpoints", "pairings, superpoints and pseudo-labels for the split", cmd_superpoints, True)
     sp.add_argument("--no-report", action="store_true", help="skip the quality report at the end")
     stage_parser("report", "pseudo-label quality report (JSON + PNG) of computed superpoints", cmd_report)
@@ -204,11 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser("downstream", "finetune (dataset_skip_step) or linear-probe (freeze_layers) on ground truth", True)
     ev = sub.add_parser("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
     ev.add_argument("--cfg", required=True, help="the annotation_free / semseg config the checkpoint was trained with")
-    ev.add_argument("--resume-path", required=True, help="checkpoint to evaluate")
+    ev.add_argument("--resume-path", help="checkpoint to evaluate")
+    ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate")
+    ev.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
     ev.add_argument("--out", help="output directory (default: eval_<split>[_afi] next to the checkpoint)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
+    q = sub.add_parser("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
+    q.add_argument("--resume-path", required=True, type=Path, help="model file (ssov checkpoint or model package)")
+    q.add_argument("--text", required=True, help="the query, e.g. 'traffic cone'")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scan", type=Path, help="a .pcd.bin (nuScenes), .bin (KITTI) or .npy (N, 3+) point cloud")
+    src.add_argument("--cfg", help="a superpoints-stage config: query a sample of its dataset")
+    q.add_argument("--sample", help="sample token with --cfg (default: the first of the split)")
+    q.add_argument("--split", help="override dataset.split (with --cfg)")
+    q.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
+    q.add_argument("--out", required=True, help="output directory (scores.npy, query.json, heatmap.png)")
+    q.add_argument("--embeddings", type=Path,
+                   help="feature models: text-embedding table (.npz) or teacher-output directory")
+    q.add_argument("--text-encoder", type=Path,
+                   help="feature models: YAML with the open_clip teacher's settings (teacher.openclip), for any text")
+    q.add_argument("--backend", default="auto", help="inference backend (auto: by model file type)")
+    q.set_defaults(func=cmd_query)
     # Listed for --help only: main() hands `ablation ...` to ssov_train.ablation, which has its own options.
     sub.add_parser("ablation", help="the method's ablation end to end on a synthetic world "
                                     "(`ssov-train ablation -h` for its options)")

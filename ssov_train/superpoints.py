@@ -76,21 +76,35 @@ def save_superpoints(path: str | Path, sample: SuperpointSample) -> None:
     save_npz_atomic(path, **sample.to_arrays())
 
 
-def load_superpoints(path: str | Path) -> SuperpointSample:
+_ARRAY_FIELDS = tuple(f.name for f in fields(SuperpointSample) if f.name not in
+                      ("token", "num_points", "cameras", "image_tokens", "stats"))
+
+
+def load_superpoints(path: str | Path, arrays: Optional[Iterable[str]] = None) -> SuperpointSample:
+    """Read a superpoints file. ``arrays`` names the arrays to read (default: all); the others are not
+    decompressed (npz members load lazily) and come back as None: annotation-free training reads only
+    ``pseudo_label`` instead of the pairings and the (S, D) features."""
     path = Path(path)
+    wanted = _ARRAY_FIELDS if arrays is None else tuple(arrays)
+    unknown = sorted(set(wanted) - set(_ARRAY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown superpoints arrays {unknown}; known: {list(_ARRAY_FIELDS)}")
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta"}
+            arrays = {k: z[k] if k in z.files else None for k in wanted}
     except FileNotFoundError:
         raise DataError(f"superpoints missing: {path}") from None
     except NPZ_READ_ERRORS as e:
         raise DataError(f"superpoints file {path} is corrupt ({e})") from None
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: not an ssov superpoints file of version {FORMAT_VERSION}")
+    missing = [k for k, v in arrays.items() if v is None and k != "superpoint_feature"]
+    if missing:
+        raise DataError(f"superpoints file {path} lacks the arrays {missing}")
+    arrays.update({k: None for k in _ARRAY_FIELDS if k not in arrays})
     return SuperpointSample(token=meta["token"], num_points=meta["num_points"], cameras=meta["cameras"],
-                            image_tokens=meta["image_tokens"], superpoint_feature=arrays.pop("superpoint_feature", None),
-                            stats=meta.get("stats", {}), **arrays)
+                            image_tokens=meta["image_tokens"], stats=meta.get("stats", {}), **arrays)
 
 
 def _teacher_pixel(rc: np.ndarray, cam_hw: tuple[int, int], map_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

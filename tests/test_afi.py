@@ -426,3 +426,30 @@ def test_cone_table_share_equals_the_full_scan():
     fast, full = _colinear_share(u, j, coarse, 0.995), _colinear_share_scan(u, j, coarse, 0.995)
     assert np.count_nonzero(full) > 5_000
     assert np.array_equal(fast, full)
+
+
+def test_direction_bin_table_matches_the_nearest_direction():
+    """The encoder's bin table answers only for cells wholly inside one bin; vectors on and near bin borders
+    (where a table would be wrong) are decided by the dot products, as the reference's argmax does."""
+    from ssov_train.afi import _direction_bins
+    rng = np.random.default_rng(16)
+    for nb in (20, 7):
+        fib = fibonacci_directions(nb)
+        u = rng.normal(size=(300_000, 3))
+        a, b = rng.integers(0, nb, (2, 100_000))  # just off the plane between two bins
+        border = fib[a] + fib[b] + rng.normal(size=(len(a), 3)) * 1e-3
+        u = np.concatenate([u, border])
+        u = (u / np.linalg.norm(u, axis=1, keepdims=True)).astype(np.float32)
+        parts = tuple(np.ascontiguousarray(c) for c in u.T)
+        assert np.array_equal(_direction_bins(parts, fib), np.argmax(u @ fib.T, axis=1))
+        grid = tuple(c.reshape(500, -1) for c in parts)  # any array shape, as the encoder's (centres, k)
+        assert _direction_bins(grid, fib).shape == (500, 800)
+
+
+def test_bit_tables_count_and_locate_bits():
+    from ssov_train.afi import _bit_tables
+    pop, index = _bit_tables(20)
+    masks = np.random.default_rng(17).integers(0, 1 << 20, 5000)
+    assert [int(pop[m]) for m in masks[:500]] == [bin(int(m)).count("1") for m in masks[:500]]
+    assert [int(index[1 << b]) for b in range(20)] == list(range(20))
+    assert _bit_tables(30) is None  # wider masks use the 16-bit split

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..geometry.voxelize import VoxelConfig, voxelize
 from ..losses import TMPBatch, batch_superpoints
 from ..superpoints import SuperpointSample, load_superpoints, read_manifest, sample_path
@@ -107,6 +107,46 @@ def skip_tokens(tokens: Sequence[str], step: int, reader=None, dataset_kind: str
     return [t for scene in list(scenes.values())[::step] for t in scene]
 
 
+# SLidR's held-out pre-training scenes: 100 scenes of nuScenes v1.0-trainval train (CUSTOM_SPLIT in SLidR's
+# pretrain/dataloader_nuscenes.py). SLidR and UOV pre-train on train minus these ("parametrizing") and
+# validate on them ("verifying"), method.md §3. Scene names only: the list is a fact about the reference.
+SLIDR_HOLDOUT_SCENES = tuple(f"scene-{n:04d}" for n in (
+    8, 9, 19, 29, 32, 42, 45, 49, 52, 54, 56, 66, 67, 73, 131, 152, 166, 168, 183, 190, 194, 208, 210, 211,
+    241, 243, 248, 259, 260, 261, 287, 292, 297, 305, 306, 350, 352, 358, 361, 365, 368, 377, 388, 391, 395, 413,
+    427, 428, 438, 444, 452, 453, 459, 463, 464, 475, 513, 533, 544, 575, 587, 589, 642, 652, 658, 669, 678, 687,
+    701, 703, 706, 710, 715, 726, 735, 740, 758, 786, 790, 804, 806, 847, 856, 868, 882, 897, 899, 976, 996,
+    1012, 1015, 1016, 1018, 1020, 1024, 1044, 1058, 1094, 1098, 1107))
+
+
+def hold_out_scenes(tokens: Sequence[str], scenes: str | Sequence[str], reader,
+                    dataset_kind: str = "nuscenes") -> tuple[list[str], list[str]]:
+    """Split sample tokens by scene into (kept, held out), each in the given order.
+
+    ``scenes`` is a list of scene names or ``"slidr"`` (:data:`SLIDR_HOLDOUT_SCENES`). Named scenes must all be
+    in ``tokens``; for ``"slidr"`` the ones the dataset lacks are skipped (v1.0-mini holds one of them), but at
+    least one must be present. Both parts must be non-empty."""
+    if dataset_kind != "nuscenes":
+        raise ConfigError(f"holdout_scenes needs a nuScenes-format dataset (scenes), not {dataset_kind!r}")
+    reference = isinstance(scenes, str)
+    if reference and scenes != "slidr":
+        raise ConfigError(f"holdout_scenes: {scenes!r} is neither 'slidr' nor a list of scene names")
+    wanted = set(SLIDR_HOLDOUT_SCENES if reference else scenes)
+    scene_of = {}
+    for t in tokens:
+        scene_token = reader.nusc.get("sample", t)["scene_token"]
+        scene_of[t] = reader.nusc.get("scene", scene_token)["name"]
+    present = set(scene_of.values())
+    missing = sorted(wanted - present)
+    if (missing and not reference) or not wanted & present:
+        raise ConfigError(f"holdout_scenes: {len(missing)} of {len(wanted)} scenes are not in the training split "
+                          f"({missing[:5]}{' ...' if len(missing) > 5 else ''})")
+    kept = [t for t in tokens if scene_of[t] not in wanted]
+    held = [t for t in tokens if scene_of[t] in wanted]
+    if not kept:
+        raise ConfigError("holdout_scenes holds out every scene of the training split: nothing left to train on")
+    return kept, held
+
+
 def superpoint_tokens(out_dir: Path, split: str) -> list[str]:
     """Tokens of a split that have superpoint files; refuses an empty or missing superpoints output."""
     manifest = read_manifest(out_dir, split)
@@ -160,7 +200,9 @@ class ScanDataset(Dataset):
         return len(self.tokens)
 
     def _superpoints(self, token: str, num_points: int) -> SuperpointSample:
-        sp = load_superpoints(sample_path(self.superpoints_dir, token))
+        # pseudo-labels need one (N,) array: the pairings and (S, D) features are not decompressed
+        arrays = ("pseudo_label",) if self.label_source == "pseudo" else None
+        sp = load_superpoints(sample_path(self.superpoints_dir, token), arrays=arrays)
         if sp.num_points != num_points:
             raise DataError(f"superpoints of {token} have {sp.num_points} points, the scan has {num_points}; "
                             "recompute them for this dataset")

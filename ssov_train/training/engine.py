@@ -15,6 +15,7 @@ writes checkpoints and logs.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,47 @@ def _resume_state(task: Task, run_dir: Path) -> dict:
     return ckpt
 
 
+# The validation metric that picks the best epoch, and whether higher is better.
+BEST_METRIC = {"pretrain": ("val/total", False), "annotation_free": ("val/miou", True),
+               "downstream": ("val/miou", True)}
+BEST = "best.pt"
+
+
+def _improves(value: float, best: Optional[dict], higher_is_better: bool) -> bool:
+    """Whether a validation value beats the best so far; an undefined (NaN) value never beats a defined one."""
+    if best is None or math.isnan(best["value"]):
+        return best is None or not math.isnan(value)
+    return value > best["value"] if higher_is_better else value < best["value"]
+
+
+@torch.no_grad()
+def _validate_tmp(task: Task, model: torch.nn.Module) -> dict[str, float]:
+    """TMP losses on the held-out scans (eval mode, no gradients), averaged over scans."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    try:
+        for batch in eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers):
+            for name, value in task.losses(model, batch).items():
+                sums[name] = sums.get(name, 0.0) + value.item() * batch.batch_size
+            count += batch.batch_size
+    finally:
+        model.train(was_training)
+    return {f"val/{name}": total / count for name, total in sums.items()}
+
+
 def _validate(task: Task, model: torch.nn.Module) -> dict[str, float]:
-    """mIoU on ground truth of the validation split (every point), for monitoring only (method.md §10)."""
+    """Pretrain: TMP losses on held-out scans; otherwise mIoU on ground truth of the validation split (every
+    point), for monitoring only (method.md §10). Training's randomness is untouched (a DataLoader draws a
+    seed from the torch RNG): a run with validation trains the same weights as one without."""
+    with torch.random.fork_rng(devices=[]):
+        if task.cfg.stage == "pretrain":
+            return _validate_tmp(task, model)
+        return _validate_miou(task, model)
+
+
+def _validate_miou(task: Task, model: torch.nn.Module) -> dict[str, float]:
     c = task.dictionary.num_classes
     cm = np.zeros((c, c), np.int64)
     loader = eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers)
@@ -164,6 +204,8 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
         loader = DataLoader(task.train_set, batch_size=o.batch_size, sampler=sampler, num_workers=o.num_workers,
                             collate_fn=collate_scans)
         metrics: dict[str, float] = {}
+        best_metric, higher_is_better = BEST_METRIC[cfg.stage]
+        best: Optional[dict] = None if state is None else state.get("best")  # {"epoch", "metric", "value"}
         while epoch < o.epochs:
             sampler.set_epoch(epoch)
             task.train_set.set_epoch(epoch)
@@ -189,19 +231,26 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
                 for buffer in model.buffers():  # BN running statistics drift apart per rank: take rank 0's
                     dist.broadcast(buffer, 0)
             if ctx.is_main:
+                improved = False
                 if task.val_set is not None:
                     metrics = _validate(task, model)
-                    logger.scalars(metrics, step, epoch)
+                    value = metrics[best_metric]
+                    improved = _improves(value, best, higher_is_better)
+                    if improved:
+                        best = {"epoch": epoch, "metric": best_metric, "value": value}
+                    logger.scalars({**metrics, "val/best_epoch": best["epoch"]}, step, epoch)
                 ckpt = {**task.meta, "config": to_dict(cfg), "state_dict": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "global_step": step, "rng": rng_state(), "metrics": metrics}
-                save_checkpoint(run_dir / LAST, ckpt)  # first: a kill in between still leaves it resumable
+                        "global_step": step, "rng": rng_state(), "metrics": metrics, "best": best}
+                if improved:  # before last.pt: a kill in between redoes this epoch and rewrites it identically
+                    save_checkpoint(run_dir / BEST, ckpt)
+                save_checkpoint(run_dir / LAST, ckpt)  # a kill before this still leaves the run resumable
                 save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", ckpt)
             if ctx.world_size > 1:
                 dist.barrier()
         logger.close()
         return {"run_dir": str(run_dir), "last": str(run_dir / LAST), "epoch": epoch, "global_step": step,
-                "metrics": metrics}
+                "metrics": metrics, "best": best}
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ from ..models import MinkUNet, MinkUNetConfig
 from ..pipeline import TeacherConfig
 from ..vocab import ClassDictionary, load_dictionary
 from .checkpoint import load_checkpoint
-from .data import (AugmentConfig, InputFeature, ScanDataset, VoxelBatch, collate_scans, skip_tokens,
-                   superpoint_tokens)
+from .data import (AugmentConfig, InputFeature, ScanDataset, VoxelBatch, collate_scans, hold_out_scenes,
+                   skip_tokens, superpoint_tokens)
 
 Stage = Literal["pretrain", "annotation_free", "downstream"]
 HEAD_PREFIX = "final."  # the 1x1 classifier / projection head of MinkUNet
@@ -77,7 +77,12 @@ class TrainConfig:
     vocabulary: str = "nuscenes"
     superpoints: Optional[Path] = None  # `ssov-train superpoints` output (pretrain, annotation_free)
     teacher: Optional[TeacherConfig] = None  # the teacher outputs, for their text embeddings (pretrain)
-    val_split: Optional[str] = None  # per-epoch mIoU on ground truth (monitoring only, method.md §10)
+    # Per-epoch validation (no gradients, logged as val/*; the best epoch is kept as best.pt): mIoU on ground
+    # truth of this split (monitoring only, method.md §10); for pretrain, the TMP losses on its superpoints.
+    val_split: Optional[str] = None
+    # pretrain only: scenes of the training split held out of training and validated on (TMP losses), as
+    # SLidR / UOV do: "slidr" = SLidR's 100 held-out nuScenes train scenes (method.md §3), or scene names.
+    holdout_scenes: Optional[Union[Literal["slidr"], list[str]]] = None
     eval_split: str = "val"  # split of `ssov-train evaluate`
     dataset_skip_step: int = 1  # keep every k-th scene (nuScenes format) / scan (KITTI) of the training split
     label_rule: Literal["majority", "first"] = "majority"  # voxel label from its points; first = reference
@@ -100,6 +105,12 @@ class TrainConfig:
             raise ValueError("freeze_layers (linear probing) is a downstream option")
         if self.dataset_skip_step < 1:
             raise ValueError("dataset_skip_step must be >= 1")
+        if self.holdout_scenes is not None and self.stage != "pretrain":
+            raise ValueError("holdout_scenes is a pretrain option (other stages validate with val_split)")
+        if self.holdout_scenes is not None and self.val_split:
+            raise ValueError("set either holdout_scenes or val_split, not both")
+        if isinstance(self.holdout_scenes, list) and not self.holdout_scenes:
+            raise ValueError("holdout_scenes: empty list")
 
 
 def checkpoint_expectations(cfg: TrainConfig, dictionary: Optional[ClassDictionary] = None) -> dict[str, Any]:
@@ -181,11 +192,20 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
     common = {"voxel": cfg.voxel, "feature": cfg.feature, "label_rule": cfg.label_rule, "seed": cfg.seed}
     meta: dict[str, Any] = {"class_names": dictionary.class_names, "palette": dictionary.palette.tolist(),
                             "vocabulary": dictionary.name, "feature_dim": None, "text_embeddings": None}
+    val_set: Optional[ScanDataset] = None
     if cfg.stage == "pretrain":
         text, teacher_name = _text_embeddings(cfg, dictionary)
         model_cfg = dataclasses.replace(cfg.model, out_channels=int(text.shape[1]), normalize_features=True)
-        train_set = ScanDataset(reader, superpoint_tokens(cfg.superpoints, split), label_source="superpoints",
+        tokens, val_tokens = superpoint_tokens(cfg.superpoints, split), None
+        if cfg.holdout_scenes is not None:
+            tokens, val_tokens = hold_out_scenes(tokens, cfg.holdout_scenes, reader, cfg.dataset.kind)
+        elif cfg.val_split:
+            val_tokens = superpoint_tokens(cfg.superpoints, cfg.val_split)
+        train_set = ScanDataset(reader, tokens, label_source="superpoints",
                                 superpoints_dir=cfg.superpoints, augment=cfg.augment, **common)
+        if val_tokens:  # no augmentation: the same scans, the same losses every epoch
+            val_set = ScanDataset(reader, val_tokens, label_source="superpoints", superpoints_dir=cfg.superpoints,
+                                  **common)
         t = cfg.tmp
         criterion: nn.Module = TMPLoss(torch.from_numpy(text), dictionary.same_category, tau=t.tau,
                                        renormalize_superpoints=t.renormalize_superpoints,
@@ -208,7 +228,6 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
         criterion = SegmentationLoss(ignore_index=0, lovasz=cfg.lovasz)
     if not len(train_set):
         raise DataError(f"no training scans in split {split!r} of {cfg.dataset.root}")
-    val_set = None
     if cfg.val_split and cfg.stage != "pretrain":
         val_set = ScanDataset(reader, reader.split_tokens(cfg.val_split), label_source="gt", keep_points=True,
                               **common)
@@ -253,31 +272,59 @@ def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int) -> Data
 
 
 def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Path] = None, afi: bool = False,
-                   progress: bool = True) -> dict:
-    """Evaluate a class checkpoint on ``cfg.eval_split`` over ALL points of every scan (method.md §7);
-    writes metrics.json and figures into ``out_dir`` (default: next to the checkpoint)."""
+                   progress: bool = True, backend: str = "auto") -> dict:
+    """Evaluate a class model on ``cfg.eval_split`` over ALL points of every scan (method.md §7);
+    writes metrics.json and figures into ``out_dir`` (default: next to the model file).
+
+    ``checkpoint_path`` is an ssov-checkpoint or an exported model package; ``backend`` names the
+    ``ssov_train.inference`` backend (``auto``: batched spconv for a checkpoint, onnxruntime for a package)."""
     from tqdm import tqdm
 
     from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
+    from ..inference import open_backend
+    from ..inference.segmenter import softmax
 
     dictionary = load_dictionary(cfg.vocabulary)
-    ckpt = load_checkpoint(checkpoint_path, checkpoint_expectations(cfg, dictionary))
-    if ckpt.get("stage") == "pretrain":
-        raise ConfigError(f"checkpoint {checkpoint_path} is a TMP pre-training checkpoint (features, no classes); "
-                          "evaluate an annotation-free or downstream checkpoint")
-    model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
-    model.load_state_dict(ckpt["state_dict"])
+    batched = backend == "auto" and Path(checkpoint_path).suffix == ".pt"
+    if batched:
+        ckpt = load_checkpoint(checkpoint_path, checkpoint_expectations(cfg, dictionary))
+        if ckpt.get("stage") == "pretrain":
+            raise ConfigError(f"checkpoint {checkpoint_path} is a TMP pre-training checkpoint (features, no classes); "
+                              "evaluate an annotation-free or downstream checkpoint")
+        model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
+        model.load_state_dict(ckpt["state_dict"])
+        stage = ckpt.get("stage")
+    else:  # one scan at a time through a named backend (the node's path)
+        engine = open_backend(checkpoint_path, backend)
+        spec = engine.spec
+        mismatch = [k for k, ours, theirs in (("class_names", tuple(dictionary.class_names), spec.class_names),
+                                              ("voxel", cfg.voxel, spec.voxel),
+                                              ("input_fields", (cfg.feature,), spec.input_fields)) if ours != theirs]
+        if not spec.has_classes or mismatch:
+            raise ConfigError(f"{checkpoint_path} does not fit this evaluation config: "
+                              + ("a feature (TMP) model, no classes" if not spec.has_classes else
+                                 f"different {', '.join(mismatch)}"))
+        stage = spec.stage
+
+        def predict_scans(scans):
+            for scan in scans:
+                logits = engine.run(scan.features, scan.coords, scan.spatial_shape)
+                logits[:, 0] = IGNORE_LOGIT
+                probs = softmax(logits)
+                yield scan, probs.argmax(1)[scan.point_to_voxel], probs[scan.point_to_voxel]
+
     reader = open_dataset(cfg.dataset, dictionary)
     dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), cfg.voxel, cfg.feature, label_source="gt",
                           keep_points=True)
     name = f"eval_{cfg.eval_split}" + ("_afi" if afi else "")
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_path).parent / name
     acc = EvaluationAccumulator(dictionary, out_dir)
-    loader = eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers)
-    for scan, pred, probs in tqdm(predict(model, loader, with_probs=True), total=len(dataset), desc="evaluate",
-                                  unit="scan", disable=not progress):
+    predictions = (predict(model, eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers), with_probs=True)
+                   if batched else predict_scans(dataset))
+    for scan, pred, probs in tqdm(predictions, total=len(dataset), desc="evaluate", unit="scan",
+                                  disable=not progress):
         if afi:
             pred = apply_afi(scan.points, probs, dictionary)
         acc.add_scan(scan.token, scan.points, scan.point_labels, pred, probs=None if afi else probs)
-    title = f"{ckpt.get('stage')} {Path(checkpoint_path).name} on {cfg.eval_split}" + (" + AFI" if afi else "")
+    title = f"{stage} {Path(checkpoint_path).name} on {cfg.eval_split}" + (" + AFI" if afi else "")
     return acc.finalize(title)

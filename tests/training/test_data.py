@@ -50,6 +50,27 @@ def test_pseudo_labels_come_from_superpoints(world, reader):
     assert np.array_equal(scan.labels, expected.labels) and (scan.labels > 0).any()
 
 
+def test_annotation_free_reads_only_the_pseudo_labels(world, reader, monkeypatch):
+    token = reader.split_tokens("train")[0]
+    path = sample_path(world["superpoints"], token)
+    with np.load(path) as z:
+        assert {"superpoint_feature", "pair_point", "pseudo_label"} <= set(z.files)
+    read = []
+    getitem = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or getitem(self, key))
+    scan = ScanDataset(reader, [token], VOXEL, "intensity", "pseudo", superpoints_dir=world["superpoints"])[0]
+    assert sorted(read) == ["meta", "pseudo_label"] and scan.superpoints is None
+    read.clear()
+    sp = load_superpoints(path, arrays=["pseudo_label", "superpoint"])
+    assert sorted(read) == ["meta", "pseudo_label", "superpoint"]
+    assert sp.superpoint_feature is None and sp.pair_point is None and len(sp.superpoint) == sp.num_points
+    read.clear()
+    full = load_superpoints(path)  # the default still reads everything (TMP needs pairings and features)
+    assert "superpoint_feature" in read and np.array_equal(full.pseudo_label, sp.pseudo_label)
+    with pytest.raises(ValueError, match="unknown superpoints arrays"):
+        load_superpoints(path, arrays=["pseudo_labels"])
+
+
 def test_tmp_pairings_are_mapped_to_batched_voxels(world, reader):
     tokens = reader.split_tokens("train")[:2]
     ds = ScanDataset(reader, tokens, VOXEL, "intensity", "superpoints", superpoints_dir=world["superpoints"])
