@@ -1,0 +1,376 @@
+"""ROS 2 node ``ssov_segmenter``: lidar semantic segmentation over the ROS-free core (thin: conversion,
+parameters, sync, publishing).
+
+Topics (relative to the node; remap them in a launch file):
+  in   ~/input/points (PointCloud2, SensorDataQoS keep_last(1)), ~/input/odometry (nav_msgs/Odometry),
+       /tf and /tf_static (tf2_msgs/TFMessage, only when that package is installed: it has no PyPI wheel),
+       ~/input/<cam>/image (Image or CompressedImage) + ~/input/<cam>/camera_info for each cameras.names entry
+  out  ~/output/points (x, y, z, intensity, label uint32, score float32, rgb packed), ~/output/legend
+       (MarkerArray, transient local), ~/output/<cam>/overlay (Image rgb8), ~/debug/processing_time_ms/<stage>
+       and ~/debug/pipeline_latency_ms (std_msgs/Float64), /diagnostics
+
+Run: ``python -m ssov_ros.node --ros-args --params-file config/ssov_node.yaml`` (or ``ros2 run ssov_ros
+ssov_segmenter``). Bad input never stops the node: the frame is dropped with a throttled warning and counted in
+/diagnostics. A missing or broken model file stops it at start-up with one error line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from rcl_interfaces.msg import ParameterDescriptor
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Float64
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ssov_train.errors import ConfigError, DataError, SsovError
+from ssov_train.inference import Segmenter, open_backend
+
+from .overlay import camera_from_info, decode_image, image_to_ros, render_overlay
+from .params import NodeConfig, field_types, flat_defaults, from_flat, resolve_model_path
+from .pointcloud import CloudError, read_cloud, rgb_packed, to_ros_cloud
+from .sync import ApproximateSync
+from .tf_buffer import TimeJumpDetector, TransformBuffer, stamp_ns, xyz_quat_matrix
+
+NODE_NAME = "ssov_segmenter"
+_ARRAY_TYPES = {"list[str]": Parameter.Type.STRING_ARRAY, "list[float]": Parameter.Type.DOUBLE_ARRAY,
+                "Optional[float]": Parameter.Type.DOUBLE}
+
+
+def build_legend(class_names, palette: np.ndarray, frame_id: str, stamp, text_height: float,
+                 position) -> MarkerArray:
+    """One TEXT_VIEW_FACING marker per class (class 0 'ignore' left out) in the class colour, stacked down."""
+    out = MarkerArray()
+    x, y, z = (float(v) for v in position)
+    for line, (cid, name) in enumerate((i, n) for i, n in enumerate(class_names) if i > 0):
+        m = Marker()
+        m.header.frame_id = frame_id
+        m.header.stamp = stamp
+        m.ns, m.id = "legend", cid
+        m.type, m.action = Marker.TEXT_VIEW_FACING, Marker.ADD
+        m.text = name
+        m.pose.position.x, m.pose.position.y = x, y
+        m.pose.position.z = z - line * text_height * 1.2
+        m.pose.orientation.w = 1.0
+        m.scale.z = float(text_height)
+        r, g, b = (int(c) for c in palette[cid])
+        m.color.r, m.color.g, m.color.b, m.color.a = r / 255.0, g / 255.0, b / 255.0, 1.0  # a=0 is invisible
+        m.frame_locked = True
+        out.markers.append(m)
+    return out
+
+
+class SegmenterNode(Node):
+    def __init__(self, **node_kwargs: Any):
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.cfg = self._read_parameters()
+        model_path = resolve_model_path(self.cfg.model.path)
+        backend = open_backend(model_path, backend=self.cfg.model.backend, device=self.cfg.model.device,
+                               threads=self.cfg.model.threads or None)
+        spec = backend.spec
+        if not spec.has_classes:
+            raise ConfigError(f"{model_path} is a feature (pre-training) model: the node needs a class model")
+        if self.cfg.model.expect_classes and list(spec.class_names) != list(self.cfg.model.expect_classes):
+            raise ConfigError(f"{model_path} has classes {list(spec.class_names)}, model.expect_classes says "
+                              f"{self.cfg.model.expect_classes}")
+        self.spec = spec
+        self._model_name = model_path.name
+        self.segmenter = Segmenter(backend, afi=self.cfg.afi_config(),
+                                   temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None)
+        self._lut = spec.palette.astype(np.uint8)
+        self.tf = TransformBuffer(extrapolation_ns=int(self.cfg.temporal.pose_tolerance_s * 1e9))
+        self._time_jump = TimeJumpDetector()
+        self._odom_frames: Optional[tuple[str, str]] = None  # (parent, child) of the last odometry
+        self._stats = {"frames": 0, "dropped": 0, "over_budget": 0, "last_ms": 0.0, "last_drop": "",
+                       "posed": 0, "unposed_reason": "", "internal_errors": 0}
+        self._period_stats = {"dropped": 0, "over_budget": 0}
+        self._legend_frame: Optional[str] = None
+
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=qos_profile_sensor_data.reliability,
+                            durability=qos_profile_sensor_data.durability)
+        self.pub_points = self.create_publisher(PointCloud2, "~/output/points", out_qos)
+        self.pub_legend = self.create_publisher(MarkerArray, "~/output/legend", latched)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
+        self._pub_timing: dict[str, Any] = {}
+        self.sub_points = self.create_subscription(PointCloud2, "~/input/points", self.on_cloud, in_qos)
+
+        pose_source = self.cfg.temporal.pose_source if self.cfg.afi.enabled and self.cfg.temporal.history else "none"
+        self._tf_available = False
+        if pose_source in ("auto", "odometry"):
+            # best effort matches any publisher; deep enough to keep 0.5 s of 100 Hz odometry while a cloud is processed
+            odom_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self.create_subscription(Odometry, "~/input/odometry", self.on_odometry, odom_qos)
+        if pose_source in ("auto", "tf"):
+            self._tf_available = self._subscribe_tf()
+            if pose_source == "tf" and not self._tf_available:
+                raise ConfigError("temporal.pose_source is 'tf' but tf2_msgs is not installed "
+                                  "(it has no PyPI wheel): use pose_source 'odometry'")
+
+        cams = self.cfg.cameras
+        self.sync = ApproximateSync(int(cams.sync_tolerance_s * 1e9), depth=cams.queue_depth)
+        self._camera_info: dict[str, Any] = {}
+        self._pub_overlay: dict[str, Any] = {}
+        self._lidar_to_camera = {name: xyz_quat_matrix(cams.lidar_to_camera[7 * i: 7 * i + 7])
+                                 for i, name in enumerate(cams.names) if cams.lidar_to_camera}
+        image_type = CompressedImage if cams.transport == "compressed" else Image
+        for name in cams.names:
+            self.create_subscription(image_type, f"~/input/{name}/image",
+                                     lambda msg, n=name: self.sync.push(n, stamp_ns(msg.header.stamp), msg),
+                                     qos_profile_sensor_data)
+            self.create_subscription(CameraInfo, f"~/input/{name}/camera_info",
+                                     lambda msg, n=name: self._camera_info.__setitem__(n, msg),
+                                     qos_profile_sensor_data)
+            self._pub_overlay[name] = self.create_publisher(Image, f"~/output/{name}/overlay", out_qos)
+
+        if self.cfg.output.legend_frame:
+            self._publish_legend(self.cfg.output.legend_frame)
+        self.create_timer(self.cfg.output.diagnostics_period_s, self._publish_diagnostics)
+        sources = [n for n, on in (("~/input/odometry", pose_source in ("auto", "odometry")),
+                                   ("/tf", self._tf_available)) if on]
+        afi = "off" if not self.cfg.afi.enabled else (f"on (history {self.cfg.temporal.history}, poses from "
+                                                      f"{' + '.join(sources) or 'nowhere: per frame'})")
+        self.get_logger().info(f"model {model_path.name} via {backend.describe()}: {spec.num_classes - 1} classes, "
+                               f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}")
+
+    # --- parameters ---
+
+    def _read_parameters(self) -> NodeConfig:
+        types = field_types()
+        values: dict[str, Any] = {}
+        for name, default in flat_defaults().items():
+            try:
+                if default is None or default == []:
+                    self.declare_parameter(name, _ARRAY_TYPES[types[name]])
+                else:
+                    self.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
+                value = self.get_parameter(name).value
+            except rclpy.exceptions.ParameterUninitializedException:
+                value = default
+            except (rclpy.exceptions.InvalidParameterTypeException, rclpy.exceptions.InvalidParameterValueException,
+                    TypeError) as exc:
+                raise ConfigError(f"parameter {name}: {exc}") from exc
+            values[name] = value
+        return from_flat(values, "ssov_segmenter parameters")
+
+    # --- inputs ---
+
+    def _subscribe_tf(self) -> bool:
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            return False
+        static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(TFMessage, "/tf", lambda m: self.tf.add_tf_message(m), 100)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self.tf.add_tf_message(m, static=True), static_qos)
+        return True
+
+    def on_odometry(self, msg: Odometry) -> None:
+        try:
+            self._odom_frames = self.tf.add_odometry(msg)
+        except (ValueError, AttributeError) as exc:
+            self.get_logger().warning(f"odometry message ignored: {exc}",
+                                   throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    def on_cloud(self, msg: PointCloud2) -> None:
+        """Message callback: never raises (a bad frame is dropped and reported)."""
+        try:
+            self.process(msg)
+        except (CloudError, DataError) as exc:
+            self._drop(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the node must survive anything one message can trigger
+            self._stats["internal_errors"] += 1
+            self._drop(f"internal error: {type(exc).__name__}: {exc}")
+            self.get_logger().error(traceback.format_exc(), throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    def _drop(self, reason: str) -> None:
+        self._stats["dropped"] += 1
+        self._period_stats["dropped"] += 1
+        self._stats["last_drop"] = reason
+        self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    # --- processing ---
+
+    def process(self, msg: PointCloud2) -> None:
+        t0 = time.perf_counter()
+        cloud = read_cloud(msg)
+        with np.errstate(over="ignore", invalid="ignore"):
+            in_range = np.einsum("ij,ij->i", cloud.xyz, cloud.xyz) <= self.cfg.input.max_range ** 2
+        valid_idx = np.flatnonzero(cloud.valid & in_range)
+        if len(valid_idx) == 0:
+            raise CloudError(f"no finite point within {self.cfg.input.max_range:g} m among {cloud.num_points}")
+        t_ns = stamp_ns(msg.header.stamp)
+        frame = msg.header.frame_id
+        if self._time_jump.jumped_back(t_ns):  # a bag restarted: nothing before now can be aligned
+            self.segmenter.reset()
+            self.tf.clear()
+            self.sync.clear()
+        timings = {"read": (time.perf_counter() - t0) * 1000}
+
+        pose = self._pose(frame, t_ns)
+        xyz = cloud.xyz[valid_idx]
+        # a corrupt intensity must not cost the whole frame: non-finite values read as 0
+        intensity = np.nan_to_num(cloud.intensity[valid_idx] * self.cfg.input.intensity_scale, nan=0.0,
+                                  posinf=0.0, neginf=0.0)
+        result = self.segmenter.segment(xyz, intensity, pose=pose)
+        timings.update(result.timings_ms)
+
+        t = time.perf_counter()
+        n = cloud.num_points
+        labels = np.zeros(n, dtype=np.uint32)
+        scores = np.zeros(n, dtype=np.float32)
+        labels[valid_idx] = result.labels
+        scores[valid_idx] = result.scores
+        keep = valid_idx if self.cfg.input.drop_invalid_points else slice(None)
+        columns = {"x": cloud.xyz[keep, 0], "y": cloud.xyz[keep, 1], "z": cloud.xyz[keep, 2],
+                   "intensity": cloud.intensity[keep], "label": labels[keep], "score": scores[keep],
+                   "rgb": rgb_packed(self._lut[labels[keep]])}
+        organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
+        out = to_ros_cloud(msg.header, columns, height=cloud.height if organised else 1)
+        self.pub_points.publish(out)
+        if self._legend_frame is None:
+            self._publish_legend(frame)
+        timings["publish"] = (time.perf_counter() - t) * 1000
+
+        if self.cfg.cameras.names:
+            t = time.perf_counter()
+            self._publish_overlays(t_ns, frame, xyz, labels[valid_idx])
+            timings["overlay"] = (time.perf_counter() - t) * 1000
+
+        total = (time.perf_counter() - t0) * 1000
+        timings["total"] = total
+        self._stats["frames"] += 1
+        self._stats["last_ms"] = total
+        if total > self.cfg.output.max_processing_ms:
+            self._stats["over_budget"] += 1
+            self._period_stats["over_budget"] += 1
+        for stage, ms in timings.items():
+            self._timing_publisher(stage).publish(Float64(data=float(ms)))
+        now_ns = self.get_clock().now().nanoseconds
+        self.pub_latency.publish(Float64(data=(now_ns - t_ns) / 1e6))
+
+    def _timing_publisher(self, stage: str):
+        if stage not in self._pub_timing:
+            self._pub_timing[stage] = self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", 10)
+        return self._pub_timing[stage]
+
+    def _pose(self, frame: str, t_ns: int) -> Optional[np.ndarray]:
+        """fixed <- cloud-frame at t_ns for streaming AFI, or None (then the frame is refined on its own)."""
+        tcfg = self.cfg.temporal
+        if not self.cfg.afi.enabled or tcfg.history == 0 or tcfg.pose_source == "none":
+            return None
+        odom = self._odom_frames
+        fixed = tcfg.fixed_frame or (odom[0] if odom else "")
+        if not fixed:
+            self._stats["unposed_reason"] = "no odometry received and no temporal.fixed_frame set"
+            return None
+        if tcfg.sensor_to_base:
+            base = tcfg.base_frame or (odom[1] if odom else "")
+            if base and base != frame and frame not in self.tf.frames():
+                self.tf.set_static(base, frame, xyz_quat_matrix(tcfg.sensor_to_base))
+        pose = self.tf.lookup(fixed, frame, t_ns)
+        if pose is None:
+            self._stats["unposed_reason"] = (f"no transform {fixed} <- {frame} at the cloud time (set "
+                                             f"temporal.sensor_to_base or publish /tf_static)")
+        else:
+            self._stats["posed"] += 1
+            self._stats["unposed_reason"] = ""
+        return pose
+
+    def _publish_overlays(self, t_ns: int, frame: str, xyz: np.ndarray, labels: np.ndarray) -> None:
+        colors = self._lut[labels]
+        for name in self.cfg.cameras.names:
+            info = self._camera_info.get(name)
+            hit = self.sync.match(t_ns, [name])
+            if info is None or hit is None:
+                continue
+            img_msg = hit[name]
+            try:
+                l2c = self._lidar_to_camera.get(name)
+                if l2c is None:
+                    l2c = self.tf.lookup(info.header.frame_id or img_msg.header.frame_id, frame, t_ns)
+                    if l2c is None:
+                        raise DataError(f"no transform {info.header.frame_id} <- {frame} "
+                                        f"(set cameras.lidar_to_camera or publish /tf_static)")
+                camera = camera_from_info(info, l2c)
+                image, _ = render_overlay(decode_image(img_msg), camera, xyz, colors,
+                                          radius=self.cfg.cameras.point_radius, occlusion=self.cfg.cameras.occlusion)
+                self._pub_overlay[name].publish(image_to_ros(img_msg.header, image))
+            except DataError as exc:
+                self.get_logger().warning(f"overlay {name} skipped: {exc}",
+                                       throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    # --- legend / diagnostics ---
+
+    def _publish_legend(self, frame: str) -> None:
+        self._legend_frame = frame
+        self.pub_legend.publish(build_legend(self.spec.class_names, self._lut, frame, self.get_clock().now().to_msg(),
+                                             self.cfg.output.legend_text_height, self.cfg.output.legend_position))
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        s, p = self._stats, self._period_stats
+        status = DiagnosticStatus(name=f"{self.get_name()}: segmentation", hardware_id=self._model_name)
+        problems = []
+        if p["dropped"]:
+            problems.append(f"{p['dropped']} frame(s) dropped: {s['last_drop']}")
+        if p["over_budget"]:
+            problems.append(f"{p['over_budget']} frame(s) over {self.cfg.output.max_processing_ms:g} ms")
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        status.message = "; ".join(problems) if problems else ("ok" if s["frames"] else "waiting for clouds")
+        values = {"frames": s["frames"], "dropped_total": s["dropped"], "over_budget_total": s["over_budget"],
+                  "last_processing_ms": f"{s['last_ms']:.1f}", "budget_ms": self.cfg.output.max_processing_ms,
+                  "last_drop_reason": s["last_drop"], "internal_errors_total": s["internal_errors"],
+                  "frames_with_pose": s["posed"],
+                  "no_pose_reason": s["unposed_reason"], "backend": self.segmenter.backend.describe()}
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return status
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self.diagnostic_status()]
+        self.pub_diag.publish(arr)
+        self._period_stats = {"dropped": 0, "over_budget": 0}
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "segmenter"):  # absent when start-up failed
+            self.segmenter.backend.close()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = SegmenterNode()
+    except SsovError as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Shared helpers of the ROS tests: real point layouts written byte for byte, the real sample, a tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+# A DDS domain of this test process alone: other jobs on the machine (a demo, another test run) may run a node
+# with the same name and topics on the default domain.
+DOMAIN_ID = 20 + os.getpid() % 80
+DEMO_MODEL = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
+
+# (name, offset, numpy type) per layout, as drivers publish them; point_step given separately (padding).
+LAYOUTS: dict[str, tuple[list[tuple[str, int, str]], int]] = {
+    "xyz": ([("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4")], 12),
+    # PCL PointXYZI: 4 bytes of padding after z, 12 after intensity
+    "pcl_xyzi": ([("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4"), ("intensity", 16, "f4")], 32),
+    "nuscenes": ([("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4"), ("intensity", 12, "f4"), ("ring", 16, "f4")], 20),
+    # Autoware PointXYZIRC
+    "xyzirc": ([("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4"), ("intensity", 12, "u1"), ("return_type", 13, "u1"),
+                ("channel", 14, "u2")], 16),
+    # Autoware PointXYZIRCAEDT
+    "xyzircaedt": ([("x", 0, "f4"), ("y", 4, "f4"), ("z", 8, "f4"), ("intensity", 12, "u1"),
+                    ("return_type", 13, "u1"), ("channel", 14, "u2"), ("azimuth", 16, "f4"),
+                    ("elevation", 20, "f4"), ("distance", 24, "f4"), ("time_stamp", 28, "u4")], 32),
+    # float64 coordinates (some simulators)
+    "xyz_f64": ([("x", 0, "f8"), ("y", 8, "f8"), ("z", 16, "f8"), ("intensity", 24, "u2")], 32),
+}
+DATATYPE = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8}
+
+
+def encode(layout: str, xyz: np.ndarray, intensity: np.ndarray, big_endian: bool = False, height: int = 1,
+           row_padding: int = 0) -> SimpleNamespace:
+    """A PointCloud2-shaped object (duck-typed) holding xyz/intensity in the given driver layout."""
+    fields, step = LAYOUTS[layout]
+    order = ">" if big_endian else "<"
+    dtype = np.dtype({"names": [f[0] for f in fields], "formats": [order + f[2] for f in fields],
+                      "offsets": [f[1] for f in fields], "itemsize": step})
+    n = len(xyz)
+    arr = np.zeros(n, dtype=dtype)
+    for i, c in enumerate("xyz"):
+        arr[c] = xyz[:, i]
+    for name, _, fmt in fields:
+        if name == "intensity":
+            arr[name] = intensity
+        elif name in ("ring", "channel"):
+            arr[name] = np.arange(n) % 32
+        elif name == "distance":
+            arr[name] = np.linalg.norm(xyz, axis=1)
+    width = n // height
+    rows = arr.tobytes()
+    row_step = width * step + row_padding
+    data = b"".join(rows[r * width * step:(r + 1) * width * step] + b"\xab" * row_padding for r in range(height))
+    return SimpleNamespace(
+        header=SimpleNamespace(frame_id="lidar", stamp=SimpleNamespace(sec=1, nanosec=0)),
+        height=height, width=width, is_bigendian=big_endian, point_step=step, row_step=row_step,
+        fields=[SimpleNamespace(name=f[0], offset=f[1], datatype=DATATYPE[f[2]], count=1) for f in fields],
+        data=data, is_dense=False)
+
+
+def to_rclpy(ns: SimpleNamespace, stamp_ns: int = 1_000_000_000, frame_id: str = "lidar"):
+    """The same cloud as an rclpy sensor_msgs/PointCloud2."""
+    import array
+
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    msg = PointCloud2()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.height, msg.width = ns.height, ns.width
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in ns.fields]
+    msg.is_bigendian, msg.point_step, msg.row_step = ns.is_bigendian, ns.point_step, ns.row_step
+    payload = array.array("B")
+    payload.frombytes(bytes(ns.data))
+    msg.data = payload
+    msg.is_dense = False
+    return msg
+
+
+def real_sample():
+    from ssov_train.data.sample import SampleReader
+
+    reader = SampleReader(REPO / "data" / "nuscenes_sample")
+    return reader.load(reader.split_tokens()[0])
+
+
+def make_tiny_model(path: Path) -> Path:
+    """A randomly initialised MinkUNet18 at width 1/16 with the demo model's classes and voxel grid: the node's
+    whole path (parse -> voxelize -> network -> publish) in ~10 ms per small cloud, for fuzzing."""
+    import torch
+
+    from ssov_train.models.minkunet import MinkUNet, MinkUNetConfig
+    from ssov_train.training.checkpoint import load_checkpoint, save_checkpoint
+
+    demo = load_checkpoint(DEMO_MODEL)
+    model_cfg = dict(demo["model"], arch="MinkUNet18", width=0.0625)
+    torch.manual_seed(0)
+    net = MinkUNet(MinkUNetConfig(**model_cfg))
+    ckpt = {k: demo[k] for k in ("class_names", "palette", "vocabulary", "feature_dim", "stage", "voxel",
+                                 "input_fields")}
+    ckpt.update(model=model_cfg, state_dict=net.state_dict())
+    return save_checkpoint(path, ckpt)
+
+
+class Harness:
+    """The node plus a peer node (publishers / listeners) in one executor of a private rclpy context."""
+
+    def __init__(self, overrides: dict | None = None):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from ssov_ros.node import SegmenterNode
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        params = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+        try:
+            self.node = SegmenterNode(context=self.context, parameter_overrides=params)
+        except Exception:
+            rclpy.shutdown(context=self.context)
+            raise
+        self.peer = rclpy.create_node("ssov_test_peer", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.peer)
+        self.received: dict[str, list] = {}
+
+    def listen(self, topic: str, msg_type, qos=10) -> list:
+        self.received[topic] = []
+        self.peer.create_subscription(msg_type, topic, self.received[topic].append, qos)
+        return self.received[topic]
+
+    def publisher(self, topic: str, msg_type, qos=10):
+        return self.peer.create_publisher(msg_type, topic, qos)
+
+    def spin_until(self, predicate, timeout: float = 10.0) -> bool:
+        import time
+
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > end:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return True
+
+    def wait_matched(self, pub, count: int = 1, timeout: float = 10.0) -> bool:
+        return self.spin_until(lambda: pub.get_subscription_count() >= count, timeout)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.peer.destroy_node()
+        rclpy.shutdown(context=self.context)

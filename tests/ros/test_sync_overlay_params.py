@@ -1,0 +1,121 @@
+"""ROS-free parts of the node: approximate sync, camera overlays on the real sample, parameters."""
+
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+from ros_test_utils import REPO, real_sample
+
+from ssov_ros.overlay import ImageError, camera_from_info, decode_image, draw_points, render_overlay
+from ssov_ros.params import NodeConfig, flat_defaults, from_flat, load_params_file, resolve_model_path
+from ssov_ros.sync import ApproximateSync, StampedQueue
+from ssov_train.errors import ConfigError
+from ssov_train.geometry.projection import ProjectionConfig, project_to_camera
+
+MS = 1_000_000
+
+
+def test_stamped_queue_nearest_within_tolerance():
+    q = StampedQueue(depth=3)
+    for t in (100, 40, 0, 70):  # out of order; depth 3 forgets the oldest (0)
+        q.push(t * MS, t)
+    assert len(q) == 3
+    assert q.nearest(52 * MS, 20 * MS) == (40 * MS, 40)
+    assert q.nearest(58 * MS, 20 * MS) == (70 * MS, 70)
+    assert q.nearest(200 * MS, 20 * MS) is None
+    assert q.nearest(0, 5 * MS) is None  # forgotten
+    assert q.latest() == (100 * MS, 100)
+
+
+def test_approximate_sync_needs_every_stream():
+    sync = ApproximateSync(tolerance_ns=30 * MS)
+    sync.push("CAM_FRONT", 1000 * MS, "f")
+    sync.push("CAM_BACK", 1040 * MS, "b")
+    assert sync.match(1010 * MS, ["CAM_FRONT"]) == {"CAM_FRONT": "f"}
+    assert sync.match(1010 * MS, ["CAM_FRONT", "CAM_BACK"]) == {"CAM_FRONT": "f", "CAM_BACK": "b"}
+    assert sync.match(1010 * MS, ["CAM_FRONT", "CAM_LEFT"]) is None
+    sync.clear()
+    assert sync.match(1000 * MS, ["CAM_FRONT"]) is None
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return real_sample()
+
+
+def _image_msg(rgb, encoding="rgb8", pad=0):
+    h, w = rgb.shape[:2]
+    img = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
+    rows = np.concatenate([img.reshape(h, w * 3), np.zeros((h, pad), np.uint8)], 1)
+    return NS(encoding=encoding, height=h, width=w, step=w * 3 + pad, data=rows.tobytes(), is_bigendian=0)
+
+
+def test_decode_raw_and_compressed_images(frame):
+    import cv2
+
+    rgb = frame.cameras[0].load_image()[:90, :160]
+    np.testing.assert_array_equal(decode_image(_image_msg(rgb)), rgb)
+    np.testing.assert_array_equal(decode_image(_image_msg(rgb, "bgr8", pad=4)), rgb)
+    ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
+    np.testing.assert_array_equal(decode_image(NS(format="png", data=png.tobytes())), rgb)
+    with pytest.raises(ImageError, match="does not match"):
+        decode_image(NS(encoding="rgb8", height=90, width=160, step=480, data=b"\0" * 10))
+    with pytest.raises(ImageError, match="not supported"):
+        decode_image(NS(encoding="32FC1", height=1, width=1, step=4, data=b"\0" * 4))
+    with pytest.raises(ImageError, match="cannot be decoded"):
+        decode_image(NS(format="jpeg", data=b"not a jpeg"))
+
+
+def test_overlay_on_the_real_sample_uses_the_one_projection(frame, tmp_path):
+    cam = frame.cameras[0]
+    info = NS(k=cam.intrinsics.ravel().tolist(), width=cam.width, height=cam.height)
+    camera = camera_from_info(info, cam.lidar_to_camera)
+    colors = np.zeros((len(frame.points), 3), np.uint8)
+    colors[:, 0] = 255  # every point red
+    image = cam.load_image()
+    out, drawn = render_overlay(image, camera, frame.points, colors, radius=0, occlusion=True)
+    proj, _ = project_to_camera(frame.points, cam, ProjectionConfig(occlusion=True))
+    assert drawn == len(proj.point_index) > 2000
+    rc = proj.pixel_rc
+    assert (out[rc[:, 0], rc[:, 1]] == [255, 0, 0]).all()
+    untouched = np.ones(image.shape[:2], bool)
+    untouched[rc[:, 0], rc[:, 1]] = False
+    np.testing.assert_array_equal(out[untouched], image[untouched])
+    with pytest.raises(ImageError, match="camera_info says"):
+        render_overlay(image[:100], camera, frame.points, colors)
+    with pytest.raises(ImageError, match="no usable calibration"):
+        camera_from_info(NS(k=[0.0] * 9, width=1600, height=900), np.eye(4))
+
+
+def test_draw_points_clips_at_the_border():
+    img = np.zeros((4, 4, 3), np.uint8)
+    out = draw_points(img, np.array([[0.5, 0.5], [3.9, 3.9]], np.float32), np.array([[1, 2, 3], [4, 5, 6]], np.uint8), 1)
+    assert (out[:2, :2] == [1, 2, 3]).all() and (out[2:, 2:] == [4, 5, 6]).all() and not img.any()
+
+
+def test_params_file_lists_every_parameter_with_its_default():
+    cfg = load_params_file(REPO / "config" / "ssov_node.yaml")
+    assert flat_defaults(cfg) == flat_defaults(NodeConfig())
+    assert cfg.afi_config() is not None and cfg.temporal_config().history == 3
+
+
+def test_params_are_typed_and_validated():
+    assert from_flat({"afi.enabled": False}).afi_config() is None
+    kitti = from_flat({"afi.preset": "kitti", "afi.ground_z_max": -1.0}).afi_config()
+    assert kitti.dictionary == "semantickitti" and kitti.ground_z_max == -1.0
+    with pytest.raises(ConfigError, match="temporal.decay"):
+        from_flat({"temporal.decay": "fast"})
+    with pytest.raises(ConfigError, match="unknown"):
+        from_flat({"temporal.histroy": 2})
+    with pytest.raises(ConfigError, match="7 numbers per camera"):
+        from_flat({"cameras.names": ["CAM_FRONT"], "cameras.lidar_to_camera": [0.0] * 6})
+    with pytest.raises(ConfigError, match="afi / temporal"):
+        from_flat({"temporal.match_radius": 0.0})
+    with pytest.raises(ConfigError, match="not one of"):
+        from_flat({"temporal.pose_source": "gps"})
+
+
+def test_model_path_resolution():
+    assert resolve_model_path(NodeConfig().model.path).is_file()
+    with pytest.raises(ConfigError, match="not found .looked in"):
+        resolve_model_path("models/none.pt")
