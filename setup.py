@@ -26,6 +26,11 @@ setup(
     entry_points={
         "console_scripts": [
             "ssov-train = ssov_train.cli:main",
+            "ssov-export = export.cli:main",
+            "ssov_segmenter = ssov_ros.node:main",
+            "ssov-replay = ssov_ros.replay:main",
+            "ssov-record = ssov_ros.record:main",
+            "ssov-make-bags = ssov_ros.bags:main",
         ],
     },
 )

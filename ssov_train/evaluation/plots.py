@@ -223,3 +223,82 @@ def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette
     fig.tight_layout(rect=(0, 0.05 + 0.035 * rows, 1, 0.96))
     fig.subplots_adjust(wspace=0.12)
     return _save(fig, path, dpi=90)
+
+
+def bev_labels(points: np.ndarray, labels: np.ndarray, palette: np.ndarray, class_names: Sequence[str],
+               path: str | Path, title: str, extent: float = 50.0) -> Path:
+    """Bird's-eye view of one labelled scan, coloured by label, with a legend of the classes present (and their
+    point counts). ``points`` (N, 3+) in the sensor frame; ``palette`` (C, 3) uint8 and ``class_names`` indexed
+    by label (0 = unlabelled, drawn faintly)."""
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if len(xy) != len(labels):
+        raise ValueError(f"{len(xy)} points but {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(palette) or labels.max() >= len(class_names)):
+        raise ValueError(f"labels span {labels.min()}..{labels.max()}, palette has {len(palette)} and "
+                         f"class_names {len(class_names)} entries")
+    pal = np.asarray(palette, dtype=np.float64) / 255.0
+    inside = (np.abs(xy) <= extent).all(1)
+    xy, labels = xy[inside], labels[inside]
+    size = float(np.clip(15000.0 / max(len(xy), 1), 0.3, 4.0)) * (50.0 / extent) ** 0.5
+    fig, ax = plt.subplots(figsize=(8.2, 8.6))
+    ax.set_facecolor(_BEV_BACKGROUND)
+    unl = labels == 0
+    ax.scatter(xy[unl, 0], xy[unl, 1], s=size, c="#d0d0d0", alpha=0.18, linewidths=0, rasterized=True)
+    ax.scatter(xy[~unl, 0], xy[~unl, 1], s=size, c=pal[labels[~unl]], linewidths=0, rasterized=True)
+    ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.grid(color="white", alpha=0.12, linewidth=0.5)
+    ids, counts = np.unique(labels, return_counts=True)
+    handles = [plt.Line2D([], [], marker="s", ls="", markersize=8, color=pal[c] if c else (0.82, 0.82, 0.82),
+                          markeredgecolor="#555555", label=f"{class_names[c]} ({_short_count(n)})")
+               for c, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda cn: -cn[1])]
+    ncol = min(len(handles), 4) or 1
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8.5, frameon=False)
+    ax.set_title(title, fontsize=10.5)
+    rows = int(np.ceil(len(handles) / ncol))
+    fig.tight_layout(rect=(0, 0.03 + 0.03 * rows, 1, 1))
+    return _save(fig, path, dpi=90)
+
+
+# Grey for low scores so the scene stays readable on the dark background, then orange -> red -> yellow.
+_HEAT = matplotlib.colors.LinearSegmentedColormap.from_list("ssov_query", ["#8a9099", "#e8a33a", "#ff3b1f", "#ffff70"])
+
+
+def bev_heatmap(points: np.ndarray, scores: np.ndarray, path: str | Path, title: str, label: str = "score",
+                extent: float = 50.0, vmin: float | None = None, vmax: float | None = None) -> Path:
+    """Bird's-eye view of one scan coloured by a per-point score (text queries), highest scores drawn on top.
+
+    ``points`` (N, 3+) in the sensor frame, ``scores`` (N,); the colour scale spans ``vmin``..``vmax``
+    (default: the scores' range) and is labelled ``label``.
+    """
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if len(xy) != len(s):
+        raise ValueError(f"{len(xy)} points but {len(s)} scores")
+    inside = (np.abs(xy) <= extent).all(1)
+    xy, s = xy[inside], s[inside]
+    order = np.argsort(s, kind="stable")
+    size = float(np.clip(15000.0 / max(len(xy), 1), 0.3, 4.0)) * (50.0 / extent) ** 0.5
+    fig, ax = plt.subplots(figsize=(7.6, 6.6))
+    ax.set_facecolor(_BEV_BACKGROUND)
+    lo = float(s.min()) if vmin is None and len(s) else vmin
+    hi = float(s.max()) if vmax is None and len(s) else vmax
+    top = s[order] >= np.quantile(s, 0.99) if len(s) else np.zeros(0, bool)  # the best 1% drawn larger
+    sc = ax.scatter(xy[order, 0], xy[order, 1], c=s[order], s=size * (1 + 2 * top),
+                    cmap=_HEAT, vmin=lo, vmax=hi, linewidths=0, rasterized=True)
+    ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.grid(color="white", alpha=0.12, linewidth=0.5)
+    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.03, label=label)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
