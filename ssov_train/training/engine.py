@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,9 @@ from .stages import Task, checkpoint_expectations, eval_loader, predict
 LAST = "last.pt"
 # Config keys a resumed run may change: they do not affect the weights.
 RESUME_MAY_CHANGE = ("optim.num_workers",)
+# Fault injection for the kill-and-resume test: SIGKILL this process right after this optimiser step (a test
+# that kills from outside races the trainer on a loaded machine).
+_KILL_AFTER_STEP = int(os.environ.get("SSOV_TEST_KILL_AFTER_STEP", "0"))
 
 
 @dataclass
@@ -224,6 +228,8 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
                 values = {f"train/{k}": v.item() for k, v in losses.items()}
                 logger.scalars(values, step, epoch + 1)
                 bar.set_postfix(loss=f"{values['train/total']:.4f}")
+                if step == _KILL_AFTER_STEP:
+                    os.kill(os.getpid(), signal.SIGKILL)
             logger.scalars({f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}, step, epoch + 1)
             scheduler.step()
             epoch += 1
