@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +33,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 # What np.load raises for a truncated, bit-flipped or foreign .npz (besides a missing key: KeyError).
 NPZ_READ_ERRORS = (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def load_npz_with_meta(path: str | Path, kind: str, format_name: str, version: int,
+                       arrays: Sequence[str]) -> tuple[dict, dict]:
+    """The JSON ``meta`` member and the named arrays (None where absent) of an ssov npz file.
+
+    Members load lazily, so only ``arrays`` are decompressed.  A missing, damaged or foreign file (``meta``
+    without ``format_name`` / ``version``) gives one DataError naming it and ``kind``.
+    """
+    from .errors import DataError
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            values = {k: z[k] if k in z.files else None for k in arrays}
+    except FileNotFoundError:
+        raise DataError(f"{kind} missing: {path}") from None
+    except NPZ_READ_ERRORS as e:
+        raise DataError(f"{kind} file {path} is corrupt ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != format_name or meta.get("version") != version:
+        raise DataError(f"{path}: not an ssov {kind} file of version {version}")
+    return meta, values
 
 
 def _umask() -> int:

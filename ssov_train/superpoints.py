@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .data.frame import Frame
 from .errors import DataError
 from .geometry.projection import ProjectionConfig, project_to_camera
-from .io import NPZ_READ_ERRORS, save_npz_atomic, write_json_atomic
+from .io import load_npz_with_meta, save_npz_atomic, write_json_atomic
 from .teachers.format import TeacherSource
 from .vocab import ClassDictionary
 
@@ -89,16 +89,7 @@ def load_superpoints(path: str | Path, arrays: Optional[Iterable[str]] = None) -
     unknown = sorted(set(wanted) - set(_ARRAY_FIELDS))
     if unknown:
         raise ValueError(f"unknown superpoints arrays {unknown}; known: {list(_ARRAY_FIELDS)}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] if k in z.files else None for k in wanted}
-    except FileNotFoundError:
-        raise DataError(f"superpoints missing: {path}") from None
-    except NPZ_READ_ERRORS as e:
-        raise DataError(f"superpoints file {path} is corrupt ({e})") from None
-    if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path}: not an ssov superpoints file of version {FORMAT_VERSION}")
+    meta, arrays = load_npz_with_meta(path, "superpoints", FORMAT_NAME, FORMAT_VERSION, wanted)
     missing = [k for k, v in arrays.items() if v is None and k != "superpoint_feature"]
     if missing:
         raise DataError(f"superpoints file {path} lacks the arrays {missing}")

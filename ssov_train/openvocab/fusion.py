@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.frame import Frame
 from ..errors import DataError
 from ..geometry.projection import ProjectionConfig, project_to_camera
-from ..io import NPZ_READ_ERRORS, save_npz_atomic, write_json_atomic
+from ..io import load_npz_with_meta, save_npz_atomic, write_json_atomic
 from ..superpoints import RunResult, _teacher_pixel, manifest_path, sample_path, shard_tokens, write_manifest
 from ..teachers.format import TeacherSource, TeacherStore
 
@@ -101,17 +101,12 @@ def save_fused(path: str | Path, sample: FusedSample, source: str) -> None:
 
 
 def load_fused(path: str | Path) -> FusedSample:
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            sample = FusedSample(meta["token"], int(meta["num_points"]), z["point_index"], z["features"], z["num_views"])
-    except FileNotFoundError:
-        raise DataError(f"fused features missing: {path}") from None
-    except NPZ_READ_ERRORS as e:
-        raise DataError(f"fused features file {path} is corrupt ({e})") from None
-    if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path}: not an ssov fused-features file of version {FORMAT_VERSION}")
+    meta, z = load_npz_with_meta(path, "fused features", FORMAT_NAME, FORMAT_VERSION,
+                                 ("point_index", "features", "num_views"))
+    missing = [k for k, v in z.items() if v is None]
+    if missing:
+        raise DataError(f"fused features file {path} lacks the arrays {missing}")
+    sample = FusedSample(meta["token"], int(meta["num_points"]), z["point_index"], z["features"], z["num_views"])
     return sample
 
 
