@@ -8,12 +8,16 @@ repeat by repeat, so machine load hits both alike; the minimum over repeats is t
 too).  It also measures this machine's SGEMM rate with torch (the roofline reference, deps.md) and reports
 GFLOP/s of each network over the MACs spconv really does (occupied neighbours only).
 
-    .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG]
+    .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG] [--old-export DIR]
+
+``--old-export DIR`` adds a third column: another version of the ``export/`` package (a copy of the directory,
+e.g. before a change), exporting its own package and running in the same interleaved loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -99,11 +103,22 @@ def message_stages(xyz: np.ndarray, intensity: np.ndarray):
     return parse, publish
 
 
+def load_old_export(directory: Path):
+    """Another copy of the ``export`` package, importable next to the current one as ``export_old``."""
+    spec = importlib.util.spec_from_file_location("export_old", directory / "__init__.py",
+                                                  submodule_search_locations=[str(directory)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["export_old"] = module
+    spec.loader.exec_module(module)
+    return (importlib.import_module("export_old.onnx_export"), importlib.import_module("export_old.onnx_backend"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--package", type=Path, help="exported package (default: export the demo model to a temp dir)")
+    ap.add_argument("--old-export", type=Path, help="a copy of another export/ version to compare in the same run")
     args = ap.parse_args()
 
     reader = SampleReader(REPO / "data" / "nuscenes_sample")
@@ -113,6 +128,11 @@ def main() -> None:
         package = args.package or export_package(DEMO, Path(tmp) / "demo.ssovpkg")[0]
         backends = {"spconv CPU eager": open_backend(DEMO, "torch", threads=args.threads),
                     "onnxruntime CPU": open_backend(package, "onnxruntime", threads=args.threads)}
+        if args.old_export:
+            old_export, old_backend = load_old_export(args.old_export.resolve())
+            old_package = old_export.export_package(DEMO, Path(tmp) / "old.ssovpkg",
+                                                     sample_dir=REPO / "data" / "nuscenes_sample")[0]
+            backends["onnxruntime CPU (old)"] = old_backend.OnnxRuntimeBackend(old_package, threads=args.threads)
         segmenters = {name: Segmenter(b, afi=AFIConfig()) for name, b in backends.items()}
         parse, publish = message_stages(xyz, intensity)
         results = {name: {s: [] for s in (*STAGES, "total")} for name in backends}
@@ -141,19 +161,23 @@ def main() -> None:
         gemm = sgemm_gflops(args.threads)
 
     names = list(backends)
-    agree = float(np.mean(labels[names[0]] == labels[names[1]]))
+    agree = min(float(np.mean(labels[names[0]] == labels[n])) for n in names[1:])
     print(f"real nuScenes sweep: {len(xyz)} points -> {vox.num_voxels} voxels; demo model {DEMO.name}; "
           f"{args.threads} threads; {args.repeats} interleaved repeats, min (median) ms; AFI on")
-    print(f"{'stage':<14}" + "".join(f"{n:>26}" for n in names) + f"{'speed-up':>10}")
+    print(f"{'stage':<14}" + "".join(f"{n:>26}" for n in names) + f"{'speed-up':>10}"
+          + "".join(f"{'vs old':>10}" for _ in names[2:]))
     for stage in (*STAGES, "total"):
         mins = [min(results[n][stage]) for n in names]
         meds = [statistics.median(results[n][stage]) for n in names]
-        ratio = f"{mins[0] / mins[1]:.1f}x" if mins[1] > 0 and mins[0] > 0 else ""
-        print(f"{stage:<14}" + "".join(f"{a:>15.1f} ({b:>7.1f})" for a, b in zip(mins, meds)) + f"{ratio:>10}")
+        ratios = [f"{mins[0] / mins[1]:.1f}x" if mins[1] > 0 and mins[0] > 0 else ""]
+        ratios += [f"{m / mins[1]:.2f}x" if mins[1] > 0 and m > 0 else "" for m in mins[2:]]  # old / new
+        print(f"{stage:<14}" + "".join(f"{a:>15.1f} ({b:>7.1f})" for a, b in zip(mins, meds))
+              + "".join(f"{r:>10}" for r in ratios))
     net = {n: min(results[n]["network"]) + min(results[n]["kernel_maps"]) for n in names}
-    print(f"network incl. kernel maps: {net[names[0]]:.1f} vs {net[names[1]]:.1f} ms "
-          f"-> {net[names[0]] / net[names[1]]:.1f}x; end to end {1e3 / min(results[names[0]]['total']):.1f} Hz vs "
-          f"{1e3 / min(results[names[1]]['total']):.1f} Hz; labels identical on {100 * agree:.3f}% of points")
+    print("network incl. kernel maps: " + " vs ".join(f"{net[n]:.1f}" for n in names)
+          + f" ms -> {net[names[0]] / net[names[1]]:.1f}x; end to end "
+          + " vs ".join(f"{1e3 / min(results[n]['total']):.1f}" for n in names)
+          + f" Hz; labels identical on {100 * agree:.3f}% of points")
     print(f"network work: {2 * macs / 1e9:.2f} GFLOP (occupied neighbours only); achieved "
           + ", ".join(f"{n} {2 * macs / 1e6 / min(results[n]['network']):.0f} GFLOP/s" for n in names))
     print("torch SGEMM here: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))

@@ -25,9 +25,9 @@ def cmd_onnx(args) -> int:
     from .onnx_export import export_package
 
     out, parity = export_package(args.checkpoint, args.out, profile=args.profile, check=not args.no_check)
-    print(f"wrote {out}/model.onnx + model.yaml")
-    if parity is not None:
-        print(f"parity vs spconv on the real sample, {parity}")
+    print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + model.yaml")
+    if parity is not None:  # the portable graph's parity is checked too and recorded in model.yaml
+        print(f"parity vs spconv on the real sample (cpu graph), {parity}")
     return 0
 
 
@@ -46,10 +46,13 @@ def cmd_check(args) -> int:
                                     else "; ".join(problems)))
     if args.checkpoint:
         model, _ = load_model(args.checkpoint)
-        parity = check_parity(pkg.root, model, sample_scan(pkg.spec))
-        print(f"parity vs {args.checkpoint} on the real sample, {parity}")
-        if not parity.ok:
-            return 1
+        vox = sample_scan(pkg.spec)
+        graphs = ["cpu", "portable"] if pkg.cpu_onnx_path is not None else ["portable"]
+        for graph in graphs:
+            parity = check_parity(pkg.root, model, vox, graph=graph)
+            print(f"parity of the {graph} graph vs {args.checkpoint} on the real sample, {parity}")
+            if not parity.ok:
+                return 1
     return 1 if problems else 0
 
 
@@ -74,7 +77,7 @@ def cmd_engine(args) -> int:
     vox = sample_scan(pkg.spec)
     from .onnx_backend import OnnxRuntimeBackend
 
-    ref = OnnxRuntimeBackend(pkg.root).run(vox.features, vox.coords, vox.spatial_shape)
+    ref = OnnxRuntimeBackend(pkg.root, graph="portable").run(vox.features, vox.coords, vox.spatial_shape)
     parity = compare(ref, backend.run(vox.features, vox.coords, vox.spatial_shape), pkg.spec.has_classes)
     print(f"{path}\nTensorRT {precision} vs onnxruntime on the real sample, {parity}")
     return 0

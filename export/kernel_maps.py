@@ -29,6 +29,14 @@ Kernel index convention (checked against spconv in tests/export): 3^3 offset (a,
 ``9a + 3b + c`` and reads the input at ``out + (a-1, b-1, c-1)``; the 2^3 stride-2 conv's index ``4a + 2b + c``
 reads fine site ``2 * out + (a, b, c)``.  All index arrays are int32 (TensorRT's native index type; 2^31 rows
 is far beyond any scan).
+
+Two **flavours** of the same rulebooks feed the two graphs of a package (export/onnx_graph.py):
+
+* ``portable`` (above, scatter-free): TensorRT and the CUDA execution provider;
+* ``cpu`` (onnxruntime on CPU): submanifold messages are summed with ``ScatterND(reduction="add")``, which
+  onnxruntime's CPU kernel does in one pass over the real slots (no padded tables, no band sums), so the
+  submanifold rulebooks carry ``<name>_to``, the output row of every message slot, instead of tables; rows
+  keep the voxelizer's / the downsampling's key order (spatially coherent gathers and scatters, no reorder).
 """
 
 from __future__ import annotations
@@ -45,14 +53,16 @@ SUBM_CENTER = 13
 MIN_CHUNK, MAX_CHUNK = 16, 512
 SUBM_BANDS = 3  # output-row bands of submanifold rulebooks
 INDEX_DTYPE = np.int32
+FLAVOURS = ("portable", "cpu")
 
 
 @dataclass
 class Rulebook:
     in_chunks: np.ndarray  # (n_chunks, B) int32 input rows, num_in = zero row
     chunk_kernel: np.ndarray  # (n_chunks,) int32 kernel index of each chunk
-    out_tables: list[np.ndarray]  # per band of output rows: (D_g, n_g) int32 message slots
+    out_tables: list[np.ndarray]  # per band of output rows: (D_g, n_g) int32 message slots (portable flavour)
     num_pairs: int  # real (unpadded) pairs
+    slot_out: np.ndarray  # (n_chunks * B,) int32 output row of every slot (padded slots: row 0, zero message)
 
     @property
     def padded_pairs(self) -> int:
@@ -71,14 +81,19 @@ class KernelMaps:
     order: np.ndarray  # (V,) int32: level-0 row r is input voxel order[r]
     restore: np.ndarray  # (V,) int32: input voxel i is level-0 row restore[i]
     level_coords: list[np.ndarray]  # (sites, 3) int64 grid coords of every level's rows, at that level's stride
+    flavour: str = "portable"
 
     def inputs(self) -> dict[str, np.ndarray]:
         """Graph inputs by name (see :func:`input_names`), without the features."""
-        out: dict[str, np.ndarray] = {"order": self.order, "restore": self.restore}
+        cpu = self.flavour == "cpu"
+        out: dict[str, np.ndarray] = {} if cpu else {"order": self.order, "restore": self.restore}
         for kind in ("subm", "down", "up"):
             for level, rb in enumerate(getattr(self, kind)):
                 out[f"{kind}{level}_in"] = rb.in_chunks
                 out[f"{kind}{level}_kernel"] = rb.chunk_kernel
+                if kind == "subm" and cpu:
+                    out[f"{kind}{level}_to"] = rb.slot_out
+                    continue
                 for band, table in enumerate(rb.out_tables):
                     out[f"{kind}{level}_out{band}"] = table
         return out
@@ -100,13 +115,16 @@ def bands(kind: str) -> int:
     return SUBM_BANDS if kind == "subm" else 1
 
 
-def input_names() -> list[str]:
+def input_names(flavour: str = "portable") -> list[str]:
     """The graph's index inputs, in graph order (after ``features``)."""
-    names = ["order", "restore"]
+    names = [] if flavour == "cpu" else ["order", "restore"]
     for kind, count in (("subm", NUM_LEVELS), ("down", NUM_LEVELS - 1), ("up", NUM_LEVELS - 1)):
         for level in range(count):
             names += [f"{kind}{level}_in", f"{kind}{level}_kernel"]
-            names += [f"{kind}{level}_out{band}" for band in range(bands(kind))]
+            if kind == "subm" and flavour == "cpu":
+                names.append(f"{kind}{level}_to")
+            else:
+                names += [f"{kind}{level}_out{band}" for band in range(bands(kind))]
     return names
 
 
@@ -145,10 +163,11 @@ def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
 
 
 def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num_in: int, num_out: int,
-              kernel_volume: int, chunk: int | None, num_bands: int = 1) -> Rulebook:
+              kernel_volume: int, chunk: int | None, num_bands: int = 1, with_tables: bool = True) -> Rulebook:
     """Pack pairs (input row -> output row via kernel index; an output has at most one pair per kernel index)
-    into the chunked, scatter-free form.  With ``num_bands`` > 1 the output rows must come sorted by
-    decreasing pair count (see :func:`_band_cuts`)."""
+    into the chunked form, with the scatter-free output tables (portable flavour) or without (cpu flavour:
+    ``slot_out`` only).  With ``num_bands`` > 1 the output rows must come sorted by decreasing pair count (see
+    :func:`_band_cuts`)."""
     n = len(in_rows)
     kernel = kernel.astype(np.uint8)
     if n and np.any(kernel[1:] < kernel[:-1]):  # group by kernel (radix sort of a uint8 key)
@@ -169,6 +188,10 @@ def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num
     in_chunks[slot] = in_rows
     zero_slot = int(np.flatnonzero(in_chunks == num_in)[0])  # a padded slot: its message is exactly zero
     chunk_kernel = np.repeat(np.arange(kernel_volume, dtype=INDEX_DTYPE), chunks_per_kernel)
+    slot_out = np.zeros(n_chunks * b, INDEX_DTYPE)
+    slot_out[slot] = out_rows
+    if not with_tables:
+        return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, [], n, slot_out)
     # rank of every pair among its output's pairs: one pass per kernel index (at most one pair per output each)
     rank = np.empty(n, np.int64)
     per_out = np.zeros(num_out, np.int64)
@@ -183,7 +206,7 @@ def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num
     bounds = [0, *_band_cuts(per_out, num_bands), num_out] if num_bands > 1 else [0, num_out]
     tables = [np.ascontiguousarray(full[:max(1, int(per_out[lo:hi].max()) if hi > lo else 1), lo:hi])
               for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, tables, n)
+    return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, tables, n, slot_out)
 
 
 def _subm_pairs(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -245,30 +268,39 @@ def _downsample(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return coarse, inverse.reshape(-1).astype(np.int64), kernel
 
 
-def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None) -> KernelMaps:
+def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
+                      flavour: str = "portable") -> KernelMaps:
     """All rulebooks of one scan from the voxelizer's (V, 3) non-negative int coords.
 
-    Every level's rows are ordered by decreasing neighbour count, so the submanifold output tables split into
-    bands of similar width (the graph reorders the input with ``order`` and restores it at the end).
-    ``chunks`` fixes the chunk length per rulebook name (``subm0`` ... ``up3``), as an exported graph needs;
-    left out, each is chosen from this scan's pair count (what the export freezes into the sidecar)."""
+    Portable flavour: every level's rows are ordered by decreasing neighbour count, so the submanifold output
+    tables split into bands of similar width (the graph reorders the input with ``order`` and restores it at
+    the end).  Cpu flavour: level 0 keeps the input order (``order`` is the identity), coarser levels their
+    key order, and no tables are built.  ``chunks`` fixes the chunk length per rulebook name (``subm0`` ...
+    ``up3``), as an exported graph needs; left out, each is chosen from this scan's pair count (what the export
+    freezes into the sidecar)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"kernel maps: flavour must be one of {FLAVOURS}, got {flavour!r}")
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] != 3 or len(coords) == 0:
         raise DataError(f"kernel maps: coords must be a non-empty (V, 3) array, got {coords.shape}")
     if coords.min() < 0:
         raise DataError("kernel maps: coords must be non-negative grid indices (as the voxelizer gives)")
     chunks = chunks or {}
+    portable = flavour == "portable"
     level = coords.astype(np.int64)
     sizes, subm, down, up, level_coords = [], [], [], [], []
     pending = None  # (parent, kernel, num_fine) of the last downsampling, waiting for the coarse row order
     order0 = restore0 = None
     for lv in range(NUM_LEVELS):
         ins, outs, ks = _subm_pairs(level)
-        degree = np.bincount(outs, minlength=len(level)).astype(np.uint8)
-        order = np.argsort(np.uint8(255) - degree, kind="stable")
-        rank = np.empty(len(level), np.int64)
-        rank[order] = np.arange(len(level))
-        level, ins, outs = level[order], rank[ins], rank[outs]
+        if portable:
+            degree = np.bincount(outs, minlength=len(level)).astype(np.uint8)
+            order = np.argsort(np.uint8(255) - degree, kind="stable")
+            rank = np.empty(len(level), np.int64)
+            rank[order] = np.arange(len(level))
+            level, ins, outs = level[order], rank[ins], rank[outs]
+        else:
+            order = rank = np.arange(len(level))
         sizes.append(len(level))
         level_coords.append(level)
         if lv == 0:
@@ -278,9 +310,10 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None) 
             parent, fine_rows = rank[parent], np.arange(num_fine)
             down.append(_rulebook(fine_rows, parent, kernel, num_fine, len(level), 8, chunks.get(f"down{lv - 1}")))
             up.append(_rulebook(parent, fine_rows, kernel, len(level), num_fine, 8, chunks.get(f"up{lv - 1}")))
-        subm.append(_rulebook(ins, outs, ks, len(level), len(level), 27, chunks.get(f"subm{lv}"), SUBM_BANDS))
+        subm.append(_rulebook(ins, outs, ks, len(level), len(level), 27, chunks.get(f"subm{lv}"), SUBM_BANDS,
+                              with_tables=portable))
         if lv < NUM_LEVELS - 1:
             coarse, parent, kernel = _downsample(level)
             pending = (parent, kernel, len(level))
             level = coarse
-    return KernelMaps(sizes, subm, down, up, order0, restore0, level_coords)
+    return KernelMaps(sizes, subm, down, up, order0, restore0, level_coords, flavour)

@@ -1,4 +1,5 @@
-"""onnxruntime backend: runs a model package's ONNX graph (CPU, or the CUDA execution provider)."""
+"""onnxruntime backend: runs a model package's ONNX graph (CPU: the cpu-flavour graph when the package has one;
+the CUDA execution provider: the portable graph)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,23 @@ from .kernel_maps import build_kernel_maps
 from .package import load_package
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+GRAPHS = ("auto", "portable", "cpu")
 
 
 class OnnxRuntimeBackend(Backend):
-    """``open_backend(pkg, "onnxruntime", device="cpu"|"cuda", threads=N)``.  ``last_timings_ms`` holds the
-    kernel-map and network times of the last :meth:`run` (the Segmenter reports them as stages)."""
+    """``open_backend(pkg, "onnxruntime", device="cpu"|"cuda", threads=N, graph="auto"|"portable"|"cpu")``.
+
+    ``graph="auto"`` runs the package's cpu-flavour graph on CPU with one intra-op thread when ``threads`` is
+    1 or left out (the node's default), and the portable graph otherwise: onnxruntime's CPU ScatterND splits
+    its updates over the intra-op threads without guarding repeated output rows, so a summing ScatterND is only
+    exact on one thread (with two, measured logit errors of 0.1).  Intra-op threads do not spin while idle
+    (spinning workers kept the cores busy after the network and slowed the node's next stage, AFI, by 1.35x).
+    ``last_timings_ms`` holds the kernel-map and network times of the last :meth:`run` (the Segmenter reports
+    them as stages)."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, path: str | Path, device: str = "cpu", threads: Optional[int] = None, graph: str = "auto"):
         import onnxruntime as ort
 
         self.package = load_package(path)
@@ -33,17 +42,33 @@ class OnnxRuntimeBackend(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ConfigError("onnxruntime backend: device 'cuda' requested but this onnxruntime has no "
                               "CUDAExecutionProvider (install onnxruntime-gpu)")
+        if graph not in GRAPHS:
+            raise ConfigError(f"onnxruntime backend: graph must be one of {GRAPHS}, got {graph!r}")
+        single = threads is None or int(threads) == 1
+        if graph == "cpu":
+            if self.package.cpu_onnx_path is None:
+                raise ConfigError(f"{self.package.root}: this package has no cpu graph; re-export it")
+            if device != "cpu" or not single:
+                raise ConfigError("onnxruntime backend: the cpu graph runs on CPU with one thread only "
+                                  "(its summing ScatterND is not thread-safe in onnxruntime); use graph='portable'")
+        use_cpu_graph = graph == "cpu" or (graph == "auto" and device == "cpu" and single
+                                           and self.package.cpu_onnx_path is not None)
+        self.flavour = "cpu" if use_cpu_graph else "portable"
+        onnx_path = self.package.cpu_onnx_path if use_cpu_graph else self.package.onnx_path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if use_cpu_graph:
+            options.intra_op_num_threads = 1
+        elif threads:
             options.intra_op_num_threads = int(threads)
         self.device = device
-        self.session = ort.InferenceSession(str(self.package.onnx_path), options, providers=PROVIDERS[device])
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=PROVIDERS[device])
         self.last_timings_ms: dict[str, float] = {}
 
     def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
         t = time.perf_counter()
-        maps = build_kernel_maps(coords, self.package.chunks)
+        maps = build_kernel_maps(coords, self.package.chunks, self.flavour)
         t_maps = time.perf_counter()
         feeds = {"features": np.ascontiguousarray(features, dtype=np.float32), **maps.inputs()}
         try:
@@ -55,4 +80,4 @@ class OnnxRuntimeBackend(Backend):
         return out
 
     def describe(self) -> str:
-        return f"onnxruntime ({self.device}, {self.package.root.name})"
+        return f"onnxruntime ({self.device}, {self.flavour} graph, {self.package.root.name})"

@@ -16,7 +16,7 @@ from ssov_train.io import write_bytes_atomic, write_text_atomic
 from .engine import sample_shapes
 from .kernel_maps import build_kernel_maps
 from .onnx_graph import OPSET, build_graph
-from .package import FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, load_package, sha256_of
+from .package import CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, load_package, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data" / "nuscenes_sample"
@@ -92,11 +92,13 @@ def compare(reference: np.ndarray, candidate: np.ndarray, has_classes: bool = Tr
     return Parity(len(reference), diff, agree)
 
 
-def check_parity(package: str | Path, model, vox, threads: Optional[int] = None) -> Parity:
-    """Run ``package`` in onnxruntime on ``vox`` and compare with the spconv model."""
+def check_parity(package: str | Path, model, vox, threads: Optional[int] = None,
+                 graph: str = "auto") -> Parity:
+    """Run ``package`` in onnxruntime on ``vox`` (its cpu graph, or ``graph="portable"``) and compare with the
+    spconv model."""
     from .onnx_backend import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(package, threads=threads)
+    backend = OnnxRuntimeBackend(package, threads=threads, graph=graph)
     out = backend.run(vox.features, vox.coords, vox.spatial_shape)
     return compare(spconv_logits(model, vox), out, backend.spec.has_classes)
 
@@ -137,12 +139,16 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     out.mkdir(parents=True, exist_ok=True)
     graph = build_graph(model, chunks)
     write_bytes_atomic(out / ONNX_FILE, graph.SerializeToString())
+    cpu_graph = build_graph(model, chunks, flavour="cpu")
+    write_bytes_atomic(out / CPU_ONNX_FILE, cpu_graph.SerializeToString())
     sidecar = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "spec": spec.to_dict(),
         "text_embeddings": ckpt.get("text_embeddings"),
         "onnx": {"file": ONNX_FILE, "sha256": sha256_of(out / ONNX_FILE), "opset": OPSET,
                  "inputs": [i.name for i in graph.graph.input], "outputs": ["logits"], "index_dtype": "int32"},
+        "onnx_cpu": {"file": CPU_ONNX_FILE, "sha256": sha256_of(out / CPU_ONNX_FILE),
+                     "inputs": [i.name for i in cpu_graph.graph.input]},
         "chunks": chunks,
         "sample_shapes": shapes,
         "profile": {"num_voxels": [lo, opt, hi], "max_pairs_per_site": MAX_PAIRS_PER_SITE},
@@ -153,12 +159,16 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     if check:
         sidecar_tmp = out / SIDECAR_FILE
         write_text_atomic(sidecar_tmp, yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
-        parity = check_parity(out, model, vox)
+        parity = check_parity(out, model, vox)  # the cpu graph
+        portable = check_parity(out, model, vox, graph="portable")  # the graph TensorRT will be built from
         sidecar["parity"] = {"sample_voxels": parity.num_voxels, "max_abs_diff": parity.max_abs_diff,
-                             "label_agreement": parity.label_agreement}
-        if not parity.ok:
-            (out / SIDECAR_FILE).unlink()
-            raise DataError(f"export parity check failed on the real sample: {parity}")
+                             "label_agreement": parity.label_agreement,
+                             "portable_max_abs_diff": portable.max_abs_diff,
+                             "portable_label_agreement": portable.label_agreement}
+        for name, result in ((CPU_ONNX_FILE, parity), (ONNX_FILE, portable)):
+            if not result.ok:
+                (out / SIDECAR_FILE).unlink()
+                raise DataError(f"export parity check failed on the real sample ({name}): {result}")
     write_text_atomic(out / SIDECAR_FILE, yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
     load_package(out)  # what consumers will do: sidecar + sha256
     return out, parity

@@ -13,8 +13,14 @@ channel, bias added), so one conv through rulebook ``rb`` (export/kernel_maps.py
 The graph starts by putting the voxels in level-0 row order (``Gather(features, order)``) and ends with
 ``Gather(logits, restore)``.
 
+That is the **portable** flavour (model.onnx: TensorRT, CUDA EP).  The **cpu** flavour (model_cpu.onnx, what
+onnxruntime runs on CPU) sums a submanifold conv's messages into its centre term in one op,
+``ScatterND(Gemm(x, W_centre, bias), <rb>_to, m, reduction="add")`` (TensorRT's parser cannot reduce in
+ScatterND), and needs no reorder: its rows are in the voxelizer's order (export/kernel_maps.py).
+
 Ops: Concat, Gather, MatMul, Gemm, Reshape, Add, Relu, Shape, Slice, ConstantOfShape (and ReduceL2 / Max /
 Div for L2-normalised feature heads), all native TensorRT layers, no plugin; opset 17; index inputs int32.
+The cpu flavour adds ScatterND (reduction add), Cast (int32 -> int64 ScatterND indices) and Identity.
 Dynamic axes: the number of voxels / sites per level, chunks and out-table width; chunk length B is static
 per rulebook (frozen into the sidecar at export), so TensorRT profiles stay bounded.
 """
@@ -26,7 +32,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .kernel_maps import NUM_LEVELS, SUBM_CENTER, bands, input_names
+from .kernel_maps import FLAVOURS, NUM_LEVELS, SUBM_CENTER, bands, input_names
 
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.10 and TensorRT 8.6+
@@ -52,7 +58,9 @@ def _fold(conv_weight: torch.Tensor, bn: torch.nn.BatchNorm1d | None) -> tuple[n
 
 
 class _Graph:
-    def __init__(self) -> None:
+    def __init__(self, flavour: str = "portable") -> None:
+        self.flavour = flavour
+        self._slot_rows: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
@@ -94,6 +102,9 @@ class _Graph:
         w = self.op("Gather", [self.const(f"{hint}_w", stack), f"{rulebook}_kernel"], f"{hint}_wsel", axis=0)
         m = self.op("MatMul", [g, w], f"{hint}_msg")
         m = self.op("Reshape", [m, self.const("shape", np.array([-1, cout], np.int64))], f"{hint}_flat")
+        if rulebook.startswith("subm") and self.flavour == "cpu":
+            c = self.op("Gemm", [x, self.const(f"{hint}_wc", stack[SUBM_CENTER]), self.const(f"{hint}_b", bias)])
+            return self.op("ScatterND", [c, self.slot_rows(rulebook), m], f"{hint}_out", reduction="add")
         if rulebook.startswith("up"):  # one parent per fine site: a plain gather, nothing to sum
             collected = self.op("Gather", [m, f"{rulebook}_out0"], f"{hint}_collect", axis=0)
         else:
@@ -105,6 +116,14 @@ class _Graph:
             c = self.op("Gemm", [x, self.const(f"{hint}_wc", stack[SUBM_CENTER]), self.const(f"{hint}_b", bias)])
             return self.op("Add", [o, c], f"{hint}_out")
         return self.op("Add", [o, self.const(f"{hint}_b", bias)], f"{hint}_out")
+
+    def slot_rows(self, rulebook: str) -> str:
+        """(slots, 1) int64 output row of every message slot (ScatterND's index layout), once per rulebook."""
+        if rulebook not in self._slot_rows:
+            wide = self.op("Cast", [f"{rulebook}_to"], f"{rulebook}_to64", to=TensorProto.INT64)
+            self._slot_rows[rulebook] = self.op("Reshape", [wide, self.const("shape", np.array([-1, 1], np.int64))],
+                                                f"{rulebook}_to_col")
+        return self._slot_rows[rulebook]
 
     def band_sum(self, messages: str, table: str, hint: str) -> str:
         """(1, rows * C): the messages listed in ``table`` (D, rows) summed over D, as ones(1, D) @ (D, rows * C)
@@ -128,11 +147,14 @@ class _Graph:
         return self.op("Relu", [x])
 
 
-def build_graph(model, chunks: dict[str, int], producer: str = "ssov-export") -> onnx.ModelProto:
+def build_graph(model, chunks: dict[str, int], producer: str = "ssov-export",
+                flavour: str = "portable") -> onnx.ModelProto:
     """The ONNX model of ``model`` (an eval-mode MinkUNet with its weights) for rulebooks cut into
-    ``chunks[rulebook name]``-long chunks."""
+    ``chunks[rulebook name]``-long chunks, in the given flavour (``portable`` or ``cpu``)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"graph flavour must be one of {FLAVOURS}, got {flavour!r}")
     model = model.eval()
-    g = _Graph()
+    g = _Graph(flavour)
 
     def block(x: str, blk, level: int, hint: str) -> str:
         w1, b1 = _fold(blk.conv1.weight, blk.bn1)
@@ -152,7 +174,8 @@ def build_graph(model, chunks: dict[str, int], producer: str = "ssov-export") ->
         return x
 
     w, b = _fold(model.stem_conv.weight, model.stem_bn)
-    x = g.op("Gather", ["features", "order"], "reorder", axis=0)
+    cpu = flavour == "cpu"
+    x = "features" if cpu else g.op("Gather", ["features", "order"], "reorder", axis=0)
     x = g.relu(g.sparse_conv(x, "subm0", w, b, True, "stem"))
     skips = []
     for i in range(NUM_LEVELS - 1):
@@ -172,11 +195,14 @@ def build_graph(model, chunks: dict[str, int], producer: str = "ssov-export") ->
         norm = g.op("ReduceL2", [out], axes=[1], keepdims=1)  # opset 17: axes is an attribute
         norm = g.op("Max", [norm, g.const("eps", np.array([1e-12], np.float32))])
         out = g.op("Div", [out, norm])
-    g.nodes.append(helper.make_node("Gather", [out, "restore"], ["logits"], name="logits", axis=0))
+    if cpu:
+        g.nodes.append(helper.make_node("Identity", [out], ["logits"], name="logits"))
+    else:
+        g.nodes.append(helper.make_node("Gather", [out, "restore"], ["logits"], name="logits", axis=0))
 
     i32 = TensorProto.INT32
     inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["num_voxels", model.cfg.in_channels])]
-    for name in input_names():
+    for name in input_names(flavour):
         if name in ("order", "restore"):
             inputs.append(helper.make_tensor_value_info(name, i32, ["num_voxels"]))
             continue
@@ -185,6 +211,8 @@ def build_graph(model, chunks: dict[str, int], producer: str = "ssov-export") ->
             shape = [f"{rb}_chunks", int(chunks[rb])]
         elif part == "kernel":
             shape = [f"{rb}_chunks"]
+        elif part == "to":
+            shape = [f"{rb}_slots"]
         else:
             shape = [f"{rb}_{part}_width", f"{rb}_{part}_rows"]
         inputs.append(helper.make_tensor_value_info(name, i32, shape))

@@ -2,14 +2,15 @@
 
 Layout (a directory, by convention ``<name>.ssovpkg/``)::
 
-    model.onnx     the network; kernel maps are inputs (export/onnx_graph.py)
+    model.onnx     the network; kernel maps are inputs (export/onnx_graph.py, portable flavour: TensorRT, CUDA)
+    model_cpu.onnx the same network in the cpu flavour (onnxruntime on CPU; packages without it run model.onnx)
     model.yaml     the sidecar: format/version, ModelSpec fields (classes, palette, voxelization, input fields,
                    model config, stage, vocabulary, feature dim), text embeddings file if any, the chunk length of
                    every rulebook, the TensorRT profile (min/opt/max voxels), opset, versions that made it,
-                   sha256 of model.onnx, and the parity figures measured at export
+                   sha256 of model.onnx (and model_cpu.onnx), and the parity figures measured at export
     engines/       TensorRT engine cache (export/engine.py), created on the target machine
 
-The sha256 is checked on every load: an ONNX file that does not match its sidecar is refused by name.
+The sha256s are checked on every load: an ONNX file that does not match its sidecar is refused by name.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ssov_train.inference.spec import ModelSpec
 FORMAT_NAME = "ssov-model-package"
 FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
+CPU_ONNX_FILE = "model_cpu.onnx"
 SIDECAR_FILE = "model.yaml"
 REQUIRED_KEYS = ("format", "version", "spec", "onnx", "chunks", "profile")
 
@@ -59,6 +61,11 @@ class ModelPackage:
     @property
     def onnx_path(self) -> Path:
         return self.root / ONNX_FILE
+
+    @property
+    def cpu_onnx_path(self) -> Path | None:
+        """The cpu-flavour graph, or None for packages written before it existed."""
+        return self.root / self.sidecar["onnx_cpu"]["file"] if "onnx_cpu" in self.sidecar else None
 
     @property
     def chunks(self) -> dict[str, int]:
@@ -97,10 +104,14 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
         raise DataError(f"{sidecar_path}: bad model spec: {exc}") from None
     pkg = ModelPackage(root, sidecar, spec)
     if verify:
-        if not pkg.onnx_path.is_file():
-            raise DataError(f"{root}: {ONNX_FILE} missing")
-        actual = sha256_of(pkg.onnx_path)
-        if actual != pkg.onnx_sha256:
-            raise DataError(f"{pkg.onnx_path}: sha256 {actual[:12]}... does not match the sidecar's "
-                            f"{pkg.onnx_sha256[:12]}...: the ONNX file was modified or replaced; re-export it")
+        files = [(pkg.onnx_path, pkg.onnx_sha256)]
+        if pkg.cpu_onnx_path is not None:
+            files.append((pkg.cpu_onnx_path, str(sidecar["onnx_cpu"]["sha256"])))
+        for path, expected in files:
+            if not path.is_file():
+                raise DataError(f"{root}: {path.name} missing")
+            actual = sha256_of(path)
+            if actual != expected:
+                raise DataError(f"{path}: sha256 {actual[:12]}... does not match the sidecar's {expected[:12]}...: "
+                                "the ONNX file was modified or replaced; re-export it")
     return pkg

@@ -22,6 +22,15 @@ def apply(rulebook, x: np.ndarray, stack: np.ndarray, centre: bool) -> np.ndarra
     return out + x @ stack[SUBM_CENTER] if centre else out
 
 
+def apply_cpu(rulebook, x: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """The cpu graph's submanifold conv in numpy: chunked messages summed per output row (ScatterND add)."""
+    xp = np.concatenate([x, np.zeros((1, x.shape[1]), x.dtype)])
+    m = np.matmul(xp[rulebook.in_chunks], stack[rulebook.chunk_kernel]).reshape(-1, stack.shape[2])
+    out = x @ stack[SUBM_CENTER]
+    np.add.at(out, rulebook.slot_out, m)
+    return out
+
+
 def row_map(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     """Index into ``ours`` of every row of ``theirs`` (same coordinate set)."""
     key = lambda c: (c[:, 0].astype(np.int64) * 4096 + c[:, 1]) * 4096 + c[:, 2]  # noqa: E731
@@ -43,6 +52,8 @@ def sparse_tensor(coords: np.ndarray, feats: np.ndarray, shape) -> spconv.Sparse
 
 def test_submanifold_maps_match_spconv_at_every_level(scan):
     vox, maps = scan
+    cpu_maps = build_kernel_maps(vox.coords, maps.chunks(), flavour="cpu")
+    assert np.array_equal(cpu_maps.order, np.arange(vox.num_voxels))  # no reorder in the cpu graph
     torch.manual_seed(0)
     shape = np.array([-(-s // 16) * 16 for s in vox.spatial_shape])
     for level in range(NUM_LEVELS):
@@ -53,6 +64,10 @@ def test_submanifold_maps_match_spconv_at_every_level(scan):
             ref = conv(sparse_tensor(coords, x, shape // 2**level)).features.numpy()
         stack, _ = _fold(conv.weight, None)
         np.testing.assert_allclose(apply(maps.subm[level], x, stack, True), ref, atol=1e-5)
+        # the cpu flavour keeps every level's rows in key order: the same sites, summed by scatter
+        coords_cpu = cpu_maps.level_coords[level]
+        rows = row_map(coords, coords_cpu)
+        np.testing.assert_allclose(apply_cpu(cpu_maps.subm[level], x[rows], stack), ref[rows], atol=1e-5)
 
 
 def test_strided_and_inverse_maps_match_spconv(scan):
@@ -112,6 +127,10 @@ def test_inputs_are_int32_and_named(scan):
     assert all(a.dtype == np.int32 for a in inputs.values())
     fixed = build_kernel_maps(scan[0].coords, {name: 64 for name in maps.chunks()})
     assert set(fixed.chunks().values()) == {64}
+    cpu = build_kernel_maps(scan[0].coords, maps.chunks(), flavour="cpu").inputs()
+    assert list(cpu) == input_names("cpu") and all(a.dtype == np.int32 for a in cpu.values())
+    for level, rb in enumerate(maps.subm):  # same pairs and chunking in both flavours, one output row per slot
+        assert cpu[f"subm{level}_to"].shape == (rb.padded_pairs,) and cpu[f"subm{level}_in"].shape == rb.in_chunks.shape
 
 
 def test_bad_coordinates_are_refused():

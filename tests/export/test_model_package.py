@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from export.package import ONNX_FILE, SIDECAR_FILE, load_package
+from export.package import CPU_ONNX_FILE, ONNX_FILE, SIDECAR_FILE, load_package
 from ssov_train.errors import DataError
 from ssov_train.inference import open_backend
 from ssov_train.inference.backends import default_backend
@@ -33,18 +33,28 @@ def test_backend_is_chosen_by_file_type(small_package, small_checkpoint):
     assert open_backend(small_package / SIDECAR_FILE).name == "onnxruntime"
 
 
-def test_tampered_onnx_is_refused(small_package, tmp_path):
+@pytest.mark.parametrize("name", [ONNX_FILE, CPU_ONNX_FILE])
+def test_tampered_onnx_is_refused(small_package, tmp_path, name):
     copy = shutil.copytree(small_package, tmp_path / "tampered.ssovpkg")
-    data = bytearray((copy / ONNX_FILE).read_bytes())
+    data = bytearray((copy / name).read_bytes())
     data[-10] ^= 0xFF
-    (copy / ONNX_FILE).write_bytes(bytes(data))
-    with pytest.raises(DataError, match="sha256 .* does not match the sidecar"):
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{name}: sha256 .* does not match the sidecar"):
         open_backend(copy)
+
+
+def test_package_without_cpu_graph_runs_the_portable_one(small_package, tmp_path):
+    """Packages written before the cpu graph existed keep working (onnxruntime runs model.onnx)."""
+    copy = shutil.copytree(small_package, tmp_path / "old.ssovpkg")
+    (copy / CPU_ONNX_FILE).unlink()
+    _edit(copy, lambda s: s.pop("onnx_cpu"))
+    assert open_backend(copy, "onnxruntime").flavour == "portable"
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda p: (p / SIDECAR_FILE).unlink(), "not a model package"),
     (lambda p: (p / ONNX_FILE).unlink(), "model.onnx missing"),
+    (lambda p: (p / CPU_ONNX_FILE).unlink(), "model_cpu.onnx missing"),
     (lambda p: (p / SIDECAR_FILE).write_text("format: [unclosed"), "invalid YAML"),
     (lambda p: (p / SIDECAR_FILE).write_text("format: something-else\n"), "not an ssov-model-package"),
     (lambda p: _edit(p, lambda s: s.pop("chunks")), r"missing keys \['chunks'\]"),

@@ -10,9 +10,9 @@ from ssov_train.geometry.voxelize import voxelize
 from ssov_train.inference import Segmenter, open_backend
 
 
-def parity_on(package, checkpoint, sweep):
+def parity_on(package, checkpoint, sweep, **options):
     """(Parity, backend) of the package's onnxruntime run vs the spconv model on one sweep."""
-    backend = open_backend(package, "onnxruntime")
+    backend = open_backend(package, "onnxruntime", **options)
     xyz, intensity = sweep
     vox = voxelize(xyz, backend.spec.voxel, features=backend.spec.point_features(intensity))
     model, _ = load_model(checkpoint)
@@ -21,10 +21,24 @@ def parity_on(package, checkpoint, sweep):
 
 
 @pytest.mark.parametrize("sweep_name", ["real_sweep", "synthetic_sweep"])
-def test_small_model_parity(request, small_package, small_checkpoint, sweep_name):
-    parity, _ = parity_on(small_package, small_checkpoint, request.getfixturevalue(sweep_name))
+@pytest.mark.parametrize("options, flavour", [({}, "cpu"), ({"threads": 2}, "portable")])
+def test_small_model_parity(request, small_package, small_checkpoint, sweep_name, options, flavour):
+    """Both graphs of the package: the cpu one (one thread, the default) and the portable one (what TensorRT
+    builds from; onnxruntime runs it when asked for more threads)."""
+    parity, backend = parity_on(small_package, small_checkpoint, request.getfixturevalue(sweep_name), **options)
+    assert backend.flavour == flavour
     assert parity.num_voxels > 10000
     assert parity.max_abs_diff <= MAX_ABS_DIFF and parity.label_agreement >= MIN_LABEL_AGREEMENT, parity
+
+
+def test_graph_choice_is_checked(small_package):
+    from ssov_train.errors import ConfigError
+
+    assert open_backend(small_package, "onnxruntime", threads=1, graph="portable").flavour == "portable"
+    with pytest.raises(ConfigError, match="one thread only"):  # onnxruntime's summing ScatterND is not thread-safe
+        open_backend(small_package, "onnxruntime", threads=2, graph="cpu")
+    with pytest.raises(ConfigError, match="graph must be one of"):
+        open_backend(small_package, "onnxruntime", graph="fast")
 
 
 def test_feature_model_parity(tmp_path, checkpoint_factory):
@@ -41,6 +55,10 @@ def test_demo_model_parity_and_segmenter(demo_package, real_sweep):
     the shared Segmenter on the package (picked by file type) gives those logits' labels on every point."""
     pkg, parity = demo_package
     assert parity.num_voxels == 15947 and parity.max_abs_diff <= MAX_ABS_DIFF and parity.label_agreement == 1.0
+    import yaml
+
+    recorded = yaml.safe_load((pkg / "model.yaml").read_text())["parity"]  # the portable graph, checked too
+    assert recorded["portable_max_abs_diff"] <= MAX_ABS_DIFF and recorded["portable_label_agreement"] == 1.0
     xyz, intensity = real_sweep
     backend = open_backend(pkg)
     assert backend.name == "onnxruntime"
@@ -65,8 +83,10 @@ def test_cli_exports_and_checks(tmp_path, small_checkpoint, capsys):
     assert main(["onnx", "--checkpoint", str(small_checkpoint), "--out", str(pkg), "--profile", "500,16000,40000"]) == 0
     out = capsys.readouterr().out
     assert "max |logit diff|" in out and "labels identical 100.000%" in out
-    assert main(["check", str(pkg)]) == 0
-    assert "TensorRT readiness: ok" in capsys.readouterr().out
+    assert main(["check", str(pkg), "--checkpoint", str(small_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT readiness: ok" in out
+    assert "parity of the cpu graph" in out and "parity of the portable graph" in out
     assert main(["onnx", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
