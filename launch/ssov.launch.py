@@ -2,8 +2,9 @@
 
     ros2 launch ssov_ros ssov.launch.py points_topic:=/lidar_top/points rviz:=true
 
-Arguments: params_file (default: the package's config/ssov_node.yaml), model_path (a .pt/.onnx/.engine model;
-relative paths are searched in the working directory, the package share directory and the source tree),
+Arguments: params_file (default: the package's config/ssov_node.yaml), model_path (an exported model package,
+by default the demo model's from `make export`, or a .pt checkpoint; relative paths are searched in the working
+directory, the package share directory and the source tree),
 points_topic, camera_topic_prefix (camera CAM_X reads <prefix>cam_x/image_raw/compressed and
 <prefix>cam_x/camera_info, the layout of the shipped bags), odom_topic, use_sim_time, rviz.
 """
@@ -26,8 +27,8 @@ def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "ssov_node.yaml"]),
                               description="ROS 2 parameters file of the node"),
-        DeclareLaunchArgument("model_path", default_value="models/ssov_synthetic_minkunet34c_w025.pt",
-                              description="model file (.pt checkpoint, .onnx or .engine)"),
+        DeclareLaunchArgument("model_path", default_value="models/ssov_synthetic_minkunet34c_w025.ssovpkg",
+                              description="exported model package (`make export`) or .pt checkpoint"),
         DeclareLaunchArgument("points_topic", default_value="/lidar_top/points", description="input PointCloud2"),
         DeclareLaunchArgument("camera_topic_prefix", default_value="/",
                               description="camera CAM_X reads <prefix>cam_x/image_raw/compressed and .../camera_info"),

@@ -35,12 +35,14 @@ from ssov_train.io import atomic_path
 
 from .bags import (CAMERAS, LIDAR_TOPIC, ODOM_TOPIC, SHIPPED, BagWriter, bag_info, calibration_params,
                    camera_info_topic, deserialize, first_message, image_topic, read_messages, shipped_bags)
+from .params import DEFAULT_MODEL as DEFAULT_NODE_MODEL
+from .params import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "ssov_segmenter"
 OUT_POINTS, OUT_LEGEND = f"/{NODE}/output/points", f"/{NODE}/output/legend"
 TIMING_PREFIX, PIPELINE_LATENCY = f"/{NODE}/debug/processing_time_ms/", f"/{NODE}/debug/pipeline_latency_ms"
-DEFAULT_MODEL = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
+DEFAULT_MODEL = REPO / DEFAULT_NODE_MODEL  # the exported package (`make export`), onnxruntime on CPU
 
 
 def overlay_topic(camera: str) -> str:
@@ -405,7 +407,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ssov_ros.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("demo_out"))
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model file for the node")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                    help="model for the node: an exported package (default: the demo model's) or a .pt checkpoint")
     ap.add_argument("--bags", nargs="+", choices=sorted(SHIPPED), default=list(SHIPPED), help="which shipped bags")
     ap.add_argument("--rate", type=float, default=0.5,
                     help="replay speed (default 0.5: 5 Hz sweeps, which the node keeps up with on 2 CPU cores)")
@@ -420,8 +423,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     t0 = time.monotonic()
     try:
-        if not args.model.is_file():
-            raise SsovError(f"model {args.model} not found (`make ablation` trains the demo model)")
+        model = resolve_model_path(str(args.model))  # a missing package names the command that exports it
         for bag in shipped_bags():
             if bag.name in args.bags and not bag.exists():
                 print(f"generating {bag} ...")
@@ -434,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for bag in shipped_bags():
                 if bag.name in args.bags:
                     print(f"== {bag.name} ==")
-                    summaries[bag.name] = run_bag(bag, args.out / bag.name, args.model.resolve(), args.rate,
+                    summaries[bag.name] = run_bag(bag, args.out / bag.name, model, args.rate,
                                                   args.frames, args.min_sweeps)
         finally:
             rclpy.try_shutdown()

@@ -4,8 +4,10 @@ parameters, sync, publishing).
 Topics (relative to the node; remap them in a launch file):
   in   ~/input/points (PointCloud2, SensorDataQoS keep_last(1)), ~/input/odometry (nav_msgs/Odometry),
        /tf and /tf_static (tf2_msgs/TFMessage, only when that package is installed: it has no PyPI wheel),
-       ~/input/<cam>/image (Image or CompressedImage) + ~/input/<cam>/camera_info for each cameras.names entry
-  out  ~/output/points (x, y, z, intensity, label uint32, score float32, rgb packed), ~/output/legend
+       ~/input/<cam>/image (Image or CompressedImage) + ~/input/<cam>/camera_info for each cameras.names entry,
+       ~/query (std_msgs/String: a text query; "" clears it)
+  out  ~/output/points (x, y, z, intensity, label uint32, score float32, rgb packed), ~/output/query_points
+       (x, y, z, similarity float32; while a query is active), ~/output/legend
        (MarkerArray, transient local), ~/output/<cam>/overlay (Image rgb8), ~/debug/processing_time_ms/<stage>
        and ~/debug/pipeline_latency_ms (std_msgs/Float64), /diagnostics
 
@@ -31,11 +33,12 @@ from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Float64
+from std_msgs.msg import Float64, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ssov_train.errors import ConfigError, DataError, SsovError
 from ssov_train.inference import Segmenter, open_backend
+from ssov_train.openvocab.query import TextQuery, prepare_query
 
 from .overlay import camera_from_info, decode_image, image_to_ros, render_overlay
 from .params import NodeConfig, field_types, flat_defaults, from_flat, resolve_model_path
@@ -88,12 +91,16 @@ class SegmenterNode(Node):
         self._model_name = model_path.name
         self.segmenter = Segmenter(backend, afi=self.cfg.afi_config(),
                                    temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None)
+        # before subscribing: the first real cloud must not pay the one-off costs (measured 1.2 s -> 0.33 s)
+        self.warmup_ms: Optional[float] = self.segmenter.warm_up() if self.cfg.model.warmup else None
+        self._query: Optional[TextQuery] = None
+        self._query_error = ""  # why the latest query text was refused ("" = none refused)
         self._lut = spec.palette.astype(np.uint8)
         self.tf = TransformBuffer(extrapolation_ns=int(self.cfg.temporal.pose_tolerance_s * 1e9))
         self._time_jump = TimeJumpDetector()
         self._odom_frames: Optional[tuple[str, str]] = None  # (parent, child) of the last odometry
         self._stats = {"frames": 0, "dropped": 0, "over_budget": 0, "last_ms": 0.0, "last_drop": "",
-                       "posed": 0, "unposed_reason": "", "internal_errors": 0}
+                       "posed": 0, "unposed_reason": "", "internal_errors": 0, "query_frames": 0}
         self._period_stats = {"dropped": 0, "over_budget": 0}
         self._legend_frame: Optional[str] = None
 
@@ -104,11 +111,13 @@ class SegmenterNode(Node):
                             reliability=qos_profile_sensor_data.reliability,
                             durability=qos_profile_sensor_data.durability)
         self.pub_points = self.create_publisher(PointCloud2, "~/output/points", out_qos)
+        self.pub_query = self.create_publisher(PointCloud2, "~/output/query_points", out_qos)
         self.pub_legend = self.create_publisher(MarkerArray, "~/output/legend", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self._pub_timing: dict[str, Any] = {}
         self.sub_points = self.create_subscription(PointCloud2, "~/input/points", self.on_cloud, in_qos)
+        self.create_subscription(String, "~/query", self.on_query, QoSProfile(depth=1))
 
         pose_source = self.cfg.temporal.pose_source if self.cfg.afi.enabled and self.cfg.temporal.history else "none"
         self._tf_available = False
@@ -146,7 +155,8 @@ class SegmenterNode(Node):
         afi = "off" if not self.cfg.afi.enabled else (f"on (history {self.cfg.temporal.history}, poses from "
                                                       f"{' + '.join(sources) or 'nowhere: per frame'})")
         self.get_logger().info(f"model {model_path.name} via {backend.describe()}: {spec.num_classes - 1} classes, "
-                               f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}")
+                               f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}; "
+                               f"warm-up {'off' if self.warmup_ms is None else f'{self.warmup_ms:.0f} ms'}")
 
     # --- parameters ---
 
@@ -199,6 +209,22 @@ class SegmenterNode(Node):
             self._drop(f"internal error: {type(exc).__name__}: {exc}")
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=self.cfg.output.warn_throttle_s)
 
+    def on_query(self, msg: String) -> None:
+        """A new text query for the following clouds; "" clears it.  Text the model cannot score is refused
+        (throttled warning, /diagnostics) and clears the previous query: its answers would be to another text."""
+        text = msg.data.strip()
+        self._query, self._query_error = None, ""
+        if not text:
+            self.get_logger().info("query cleared")
+            return
+        try:
+            self._query = prepare_query(self.spec, text)
+        except ConfigError as exc:
+            self._query_error = f"{text!r}: {exc}"
+            self.get_logger().warning(f"query refused: {exc}", throttle_duration_sec=self.cfg.output.warn_throttle_s)
+            return
+        self.get_logger().info(f"query {text!r}: {self._query.description} on ~/output/query_points")
+
     def _drop(self, reason: str) -> None:
         self._stats["dropped"] += 1
         self._period_stats["dropped"] += 1
@@ -228,7 +254,8 @@ class SegmenterNode(Node):
         # a corrupt intensity must not cost the whole frame: non-finite values read as 0
         intensity = np.nan_to_num(cloud.intensity[valid_idx] * self.cfg.input.intensity_scale, nan=0.0,
                                   posinf=0.0, neginf=0.0)
-        result = self.segmenter.segment(xyz, intensity, pose=pose)
+        query = self._query
+        result = self.segmenter.segment(xyz, intensity, pose=pose, keep_probs=query is not None and query.needs_probs)
         timings.update(result.timings_ms)
 
         t = time.perf_counter()
@@ -244,6 +271,13 @@ class SegmenterNode(Node):
         organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
         out = to_ros_cloud(msg.header, columns, height=cloud.height if organised else 1)
         self.pub_points.publish(out)
+        if query is not None:
+            similarity = np.zeros(n, dtype=np.float32)  # invalid points score 0, like their label
+            similarity[valid_idx] = query.score(result)
+            self.pub_query.publish(to_ros_cloud(msg.header, {"x": columns["x"], "y": columns["y"], "z": columns["z"],
+                                                             "similarity": similarity[keep]},
+                                                height=cloud.height if organised else 1))
+            self._stats["query_frames"] += 1
         if self._legend_frame is None:
             self._publish_legend(frame)
         timings["publish"] = (time.perf_counter() - t) * 1000
@@ -331,13 +365,18 @@ class SegmenterNode(Node):
             problems.append(f"{p['dropped']} frame(s) dropped: {s['last_drop']}")
         if p["over_budget"]:
             problems.append(f"{p['over_budget']} frame(s) over {self.cfg.output.max_processing_ms:g} ms")
+        if self._query_error:
+            problems.append(f"query refused: {self._query_error}")
         status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
         status.message = "; ".join(problems) if problems else ("ok" if s["frames"] else "waiting for clouds")
         values = {"frames": s["frames"], "dropped_total": s["dropped"], "over_budget_total": s["over_budget"],
                   "last_processing_ms": f"{s['last_ms']:.1f}", "budget_ms": self.cfg.output.max_processing_ms,
                   "last_drop_reason": s["last_drop"], "internal_errors_total": s["internal_errors"],
                   "frames_with_pose": s["posed"],
-                  "no_pose_reason": s["unposed_reason"], "backend": self.segmenter.backend.describe()}
+                  "no_pose_reason": s["unposed_reason"], "backend": self.segmenter.backend.describe(),
+                  "query": self._query.text if self._query else "",
+                  "query_scores": self._query.description if self._query else "",
+                  "query_frames_total": s["query_frames"], "query_error": self._query_error}
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         return status
 

@@ -16,23 +16,28 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from export.package import ONNX_FILE, SIDECAR_FILE
 from ssov_train.afi import AFIConfig, TemporalConfig
 from ssov_train.config import from_dict
 from ssov_train.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "ssov_ros"
+# the demo model exported by `make export`: what the node runs by default (onnxruntime on CPU)
+DEFAULT_MODEL = "models/ssov_synthetic_minkunet34c_w025.ssovpkg"
+PACKAGE_SUFFIX = ".ssovpkg"  # export/package.py's naming convention for package directories
 
 
 @dataclass
 class ModelParams:
-    path: str = "models/ssov_synthetic_minkunet34c_w025.pt"  # relative: cwd, package share dir, repository
+    path: str = DEFAULT_MODEL  # an exported package or a .pt checkpoint; relative: cwd, package share dir, repository
     backend: str = "auto"  # auto (by file type) | torch | onnxruntime | tensorrt
     device: str = "cpu"  # torch backend: cpu | cuda | cuda:N
     # torch / onnxruntime intra-op threads; 0 = library default (every core): fastest on an idle machine, but
     # OpenMP threads collapse when the cores are shared with other nodes (measured 9x slower, README)
     threads: int = 1
     expect_classes: list[str] = field(default_factory=list)  # if set, the model's class names must equal it
+    warmup: bool = True  # one inference on a synthetic scan at start-up: the first real cloud is not slow
 
 
 @dataclass
@@ -217,22 +222,38 @@ def load_params_file(path: str | Path, node_name: str = "ssov_segmenter") -> Nod
 
 
 def resolve_model_path(path: str) -> Path:
-    """An absolute path as is; a relative one searched in the working directory, the installed package's share
-    directory and the repository; raises ConfigError listing where it looked."""
+    """The model file or package directory ``path`` names: an absolute path as is, a relative one searched in the
+    working directory, the installed package's share directory and the repository.  A missing one raises
+    ConfigError listing where it looked; a missing exported package whose checkpoint exists says how to export it.
+    """
     p = Path(os.path.expanduser(path))
     if p.is_absolute():
-        return p
-    candidates = [Path.cwd() / p]
-    if os.environ.get("AMENT_PREFIX_PATH"):
-        try:
-            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        bases = [Path("/")]
+    else:
+        bases = [Path.cwd()]
+        if os.environ.get("AMENT_PREFIX_PATH"):
+            try:
+                from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / p)
-        except (ImportError, PackageNotFoundError, ValueError, OSError):
-            pass
-    candidates.append(REPO / p)
-    candidates = list(dict.fromkeys(c.resolve() for c in candidates))
+                bases.append(Path(get_package_share_directory(PACKAGE)))
+            except (ImportError, PackageNotFoundError, ValueError, OSError):
+                pass
+        bases.append(REPO)
+    bases = list(dict.fromkeys(b.resolve() for b in bases))
+    candidates = list(dict.fromkeys((b / p).resolve() for b in bases))
     for c in candidates:
-        if c.exists():  # a checkpoint file or an exported package directory
+        if c.exists():  # a checkpoint file, an exported package directory or its model.yaml / model.onnx
             return c
+    package = p.parent if p.name in (SIDECAR_FILE, ONNX_FILE) else p
+    if package.suffix == PACKAGE_SUFFIX:
+        checkpoint = package.with_suffix(".pt")
+        for base in bases:
+            if (base / checkpoint).is_file():
+                # relative paths as given when they are relative to the working directory, else absolute ones
+                ckpt, out = ((checkpoint, package) if base == Path.cwd().resolve()
+                             else (base / checkpoint, base / package))
+                hint = " (or `make export` in the repository)" if package.name == Path(DEFAULT_MODEL).name else ""
+                raise ConfigError(f"model package {path!r} not found, but the checkpoint it is exported from is "
+                                  f"({base / checkpoint}): export it once with `ssov-export onnx --checkpoint {ckpt} "
+                                  f"--out {out}`{hint}, or set model.path to the .pt")
     raise ConfigError(f"model file {path!r} not found (looked in: {', '.join(str(c) for c in candidates)})")

@@ -185,11 +185,16 @@ def _argsort_keys(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+_MIN_VOXEL = 1e-30  # metres; far below lidar precision, far above float32's overflow of 1 / size (~3e-39)
+
+
 def _voxel_keys(pt: np.ndarray, size: float, compact: bool = False) -> np.ndarray:
     """Voxel ids of non-negative (3, N) coordinates (21 bits per axis), ordered by (z, y, x). ``compact``
     packs x | y << bx | z << (bx + by) with only the bits the extents need: the same order, smaller keys
     (they sort faster, see :func:`_argsort_keys`)."""
-    q = (pt * np.float32(1.0 / size)).astype(np.int64)
+    # an extent of a few denormals (identical points but one corrupt coordinate) searches sizes below 1 / FLT_MAX:
+    # 1 / size would overflow float32 to inf, and inf * 0 = NaN casts to garbage keys
+    q = (pt * np.float32(1.0 / max(size, _MIN_VOXEL))).astype(np.int64)
     if not compact:
         return q[0] | (q[1] << 21) | (q[2] << 42)
     bits = [max(1, int(c.max(initial=0)).bit_length()) for c in q[:2]]
@@ -228,8 +233,10 @@ def _grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[n
     if n:
         pt -= pt.min(1, keepdims=True)
     ext = float(pt.max()) if n else 0.0
-    if m >= n or ext <= 0:
-        return np.arange(min(m, n)), None
+    if m >= n:
+        return np.arange(n), None
+    if ext <= _MIN_VOXEL:  # one location (identical points up to float noise) occupies one voxel: one centre
+        return np.arange(1), None
     table = 1 << max(12, int(math.ceil(math.log2(16 * m))))
     # Regula falsi on log(count) vs log(size), bracketed: ~n voxels at ext / 2n (even for a line), 1 at ext.
     lo, c_lo, hi, c_hi = ext / (2.0 * n), float(n), ext * 1.01, 1.0

@@ -453,3 +453,31 @@ def test_bit_tables_count_and_locate_bits():
     assert [int(pop[m]) for m in masks[:500]] == [bin(int(m)).count("1") for m in masks[:500]]
     assert [int(index[1 << b]) for b in range(20)] == list(range(20))
     assert _bit_tables(30) is None  # wider masks use the 16-bit split
+
+
+@pytest.mark.parametrize("case", ["identical", "identical_but_a_denormal", "denormal_line", "collinear"])
+def test_degenerate_clouds_are_refined_without_float_warnings(case):
+    """One location (a lidar blocked by a plate, a corrupt driver) or a line: the grid search must not divide
+    by a denormal extent (1 / size overflowed float32 into NaN voxel keys) and one location gives one centre."""
+    import warnings
+
+    n = 3000
+    pts = np.tile(np.float32([[4.0, -2.0, 0.5]]), (n, 1))
+    if case == "identical_but_a_denormal":
+        pts[:] = 0.0
+        pts[::7, 0] = np.float32(1e-45)
+    elif case == "denormal_line":
+        pts[:] = 0.0
+        pts[:, 1] = np.arange(n, dtype=np.float32) * np.float32(1e-45)
+    elif case == "collinear":
+        pts = np.c_[np.linspace(2.0, 40.0, n), np.zeros(n), np.zeros(n)].astype(np.float32)
+    probs = np.random.default_rng(3).dirichlet(np.ones(C), n).astype(np.float32)
+    probs[:, 0] = 0.0  # real-class predictions: class 0 must not come out either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any overflow / invalid-cast RuntimeWarning fails the test
+        labels, out = afi_refine(pts, probs, AFIConfig(ground="none"), C)
+        if case != "collinear":
+            centres, _ = _grid_sample(pts, 500)
+            assert len(centres) == 1
+    assert labels.shape == (n,) and np.isfinite(out).all() and labels.min() >= 1
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)

@@ -5,6 +5,8 @@
 * :mod:`.ensemble` — OpenScene-style fusion / distill / ensemble evaluation of a feature (TMP) model.
 """
 
-from .query import EmbeddingTable, QueryResult, TextEmbeddingProvider, query_points, score_points
+from .query import (EmbeddingTable, QueryResult, TextEmbeddingProvider, TextQuery, prepare_query, query_points,
+                    score_points)
 
-__all__ = ["EmbeddingTable", "QueryResult", "TextEmbeddingProvider", "query_points", "score_points"]
+__all__ = ["EmbeddingTable", "QueryResult", "TextEmbeddingProvider", "TextQuery", "prepare_query", "query_points",
+           "score_points"]

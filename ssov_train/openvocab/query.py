@@ -12,8 +12,8 @@ Two kinds of model answer a query differently:
   ``safety cone`` or ``sedan``) is scored by that class's probability; any other text is refused with an error
   saying that a feature-head model is needed.
 
-:func:`query_points` does either from a :class:`~ssov_train.inference.Segmenter`; the ROS node's ``~/query``
-topic and ``ssov-train query`` both call it.
+:func:`query_points` does either from a :class:`~ssov_train.inference.Segmenter` (``ssov-train query``); the ROS
+node's ``~/query`` topic resolves the text once (:func:`prepare_query`) and scores every cloud it segments.
 """
 
 from __future__ import annotations
@@ -208,15 +208,34 @@ class QueryResult:
     timings_ms: dict = field(default_factory=dict)
 
 
-def query_points(segmenter, xyz: np.ndarray, text: str, intensity: Optional[np.ndarray] = None,
-                 provider: Optional[TextEmbeddingProvider] = None,
-                 dictionary: Optional[ClassDictionary] = None) -> QueryResult:
-    """Score every point of one scan against ``text`` (see the module docstring for the two model kinds).
+@dataclass
+class TextQuery:
+    """A query resolved against one model, once: scores any number of its scans (:meth:`score`)."""
 
-    ``segmenter``: a :class:`~ssov_train.inference.Segmenter`; ``provider`` is needed for feature models;
-    ``dictionary`` (default: the model's vocabulary) resolves prompts and categories for class models.
-    """
-    spec = segmenter.spec
+    text: str
+    mode: str  # "class-probability" or "cosine"
+    description: str  # what is scored, for titles and logs
+    class_index: Optional[int] = None  # class models: the class whose probability is the score
+    embedding: Optional[np.ndarray] = None  # feature models: the (D,) text embedding
+
+    @property
+    def needs_probs(self) -> bool:
+        """Whether :meth:`score` reads the class probabilities (``Segmenter.segment(..., keep_probs=True)``)."""
+        return self.mode == "class-probability"
+
+    def score(self, segmentation) -> np.ndarray:
+        """(N,) float32 scores from a :class:`~ssov_train.inference.Segmentation` of the scan."""
+        if self.needs_probs:
+            if segmentation.probs is None:
+                raise DataError("a class-model query needs the segmentation's probabilities (keep_probs=True)")
+            return segmentation.probs[:, self.class_index].astype(np.float32)
+        return score_points(segmentation.features, self.embedding)
+
+
+def prepare_query(spec, text: str, provider: Optional[TextEmbeddingProvider] = None,
+                  dictionary: Optional[ClassDictionary] = None) -> TextQuery:
+    """Resolve ``text`` for the model described by ``spec`` (:class:`~ssov_train.inference.ModelSpec`); raises
+    ConfigError when this model cannot score it (see the module docstring)."""
     if not text or not text.strip():
         raise ConfigError("empty query text")
     if spec.has_classes:
@@ -231,11 +250,9 @@ def query_points(segmenter, xyz: np.ndarray, text: str, intensity: Optional[np.n
             raise ConfigError(f"{text!r} is not a class, category or prompt of this class model ({vocab}; classes: "
                               f"{', '.join(spec.class_names[1:])}); open-vocabulary text needs a feature-head model "
                               "(TMP, stage 'pretrain') with the teacher's text encoder or an embedding table")
-        seg = segmenter.segment(xyz, intensity, keep_probs=True)
-        return QueryResult(seg.probs[:, match.class_index].astype(np.float32), "class-probability",
-                           f"probability of class {spec.class_names[match.class_index]}"
-                           + ("" if match.matched == "class" else f" ({match.matched} {match.name!r})"),
-                           match.class_index, seg.timings_ms)
+        return TextQuery(text, "class-probability", f"probability of class {spec.class_names[match.class_index]}"
+                         + ("" if match.matched == "class" else f" ({match.matched} {match.name!r})"),
+                         class_index=match.class_index)
     if provider is None:
         raise ConfigError("this is a feature model: a query needs text embeddings in its teacher's space "
                           "(the teacher's text encoder or an embedding table)")
@@ -243,9 +260,22 @@ def query_points(segmenter, xyz: np.ndarray, text: str, intensity: Optional[np.n
     if spec.feature_dim is not None and len(embedding) != int(spec.feature_dim):
         raise ConfigError(f"text embedding has dim {len(embedding)}, the model's features {spec.feature_dim}: "
                           "use the text encoder of the teacher the model was distilled from")
-    seg = segmenter.segment(xyz, intensity)
-    return QueryResult(score_points(seg.features, embedding), "cosine", f"cosine similarity to {text!r}",
-                       None, seg.timings_ms)
+    return TextQuery(text, "cosine", f"cosine similarity to {text!r}", embedding=embedding)
+
+
+def query_points(segmenter, xyz: np.ndarray, text: str, intensity: Optional[np.ndarray] = None,
+                 provider: Optional[TextEmbeddingProvider] = None,
+                 dictionary: Optional[ClassDictionary] = None) -> QueryResult:
+    """Score every point of one scan against ``text`` (see the module docstring for the two model kinds).
+
+    ``segmenter``: a :class:`~ssov_train.inference.Segmenter`; ``provider`` is needed for feature models;
+    ``dictionary`` (default: the model's vocabulary) resolves prompts and categories for class models.
+    A stream of scans (the ROS node) resolves the text once with :func:`prepare_query` and scores each scan's
+    own segmentation with :meth:`TextQuery.score`.
+    """
+    query = prepare_query(segmenter.spec, text, provider, dictionary)
+    seg = segmenter.segment(xyz, intensity, keep_probs=query.needs_probs)
+    return QueryResult(query.score(seg), query.mode, query.description, query.class_index, seg.timings_ms)
 
 
 # ---- the `ssov-train query` command -------------------------------------------------------------------

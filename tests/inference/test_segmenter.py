@@ -82,6 +82,19 @@ def test_streaming_afi_uses_the_pose(backend, sweep):
     np.testing.assert_allclose(unmatched.scores, alone.scores, rtol=1e-5)
 
 
+def test_warm_up_leaves_no_history_behind(backend, sweep):
+    """The node warms up on a synthetic scan at start-up: the first real frame must not be voted on by it."""
+    xyz, intensity = sweep
+    fresh = Segmenter(backend, afi=AFIConfig(), temporal=TemporalConfig(history=2)).segment(xyz, intensity,
+                                                                                             pose=np.eye(4))
+    seg = Segmenter(backend, afi=AFIConfig(), temporal=TemporalConfig(history=2))
+    ms = seg.warm_up()
+    assert ms > 0 and not seg.afi._history
+    first = seg.segment(xyz, intensity, pose=np.eye(4))
+    np.testing.assert_array_equal(first.labels, fresh.labels)
+    np.testing.assert_allclose(first.scores, fresh.scores, rtol=1e-5)
+
+
 def test_bad_inputs_name_the_problem(backend):
     seg = Segmenter(backend)
     with pytest.raises(DataError, match="empty"):

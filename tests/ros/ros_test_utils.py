@@ -107,7 +107,9 @@ def make_tiny_model(path: Path) -> Path:
 
 
 class Harness:
-    """The node plus a peer node (publishers / listeners) in one executor of a private rclpy context."""
+    """The node plus a peer node (publishers / listeners) in one executor of a private rclpy context.  The model
+    is the demo checkpoint unless ``overrides`` name one (the default, the exported package, may not exist); an
+    override of None leaves that parameter at the node's own default."""
 
     def __init__(self, overrides: dict | None = None):
         import rclpy
@@ -118,7 +120,8 @@ class Harness:
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        params = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+        overrides = {"model.path": str(DEMO_MODEL), **(overrides or {})}
+        params = [Parameter(k, value=v) for k, v in overrides.items() if v is not None]
         try:
             self.node = SegmenterNode(context=self.context, parameter_overrides=params)
         except Exception:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ssov_ros import bags
-from ssov_ros.params import flat_defaults
+from ssov_ros.params import NodeConfig, flat_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = {
@@ -112,7 +112,7 @@ def test_ssov_launch(load_launch):
     params_file, overrides = kw["parameters"]
     assert resolve(params_file, config) == str(REPO / "config" / "ssov_node.yaml")
     assert set(overrides) <= set(flat_defaults()) | {"use_sim_time"}
-    assert (REPO / resolve(overrides["model.path"], config)).is_file()
+    assert resolve(overrides["model.path"], config) == NodeConfig().model.path  # the exported demo package
     # every remapped input lands on a topic of the shipped bags, and the node really has those inputs
     remaps = {src: resolve(dst, config) for src, dst in kw["remappings"]}
     node_src = (REPO / "ssov_ros" / "node.py").read_text()

@@ -29,8 +29,9 @@ def _env():
 
 
 def _start(*ros_args):
+    # the demo checkpoint: the default, its exported package, may not be there
     cmd = [sys.executable, "-m", "ssov_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "ssov_node.yaml"),
-           *ros_args]
+           "-p", f"model.path:={DEMO_MODEL}", *ros_args]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -115,7 +115,36 @@ def test_params_are_typed_and_validated():
         from_flat({"temporal.pose_source": "gps"})
 
 
-def test_model_path_resolution():
-    assert resolve_model_path(NodeConfig().model.path).is_file()
+def test_model_path_resolution(tmp_path, monkeypatch):
+    from ssov_ros import params
+
+    assert NodeConfig().model.path == "models/ssov_synthetic_minkunet34c_w025.ssovpkg"  # `make export` writes it
+    assert resolve_model_path("models/ssov_synthetic_minkunet34c_w025.pt").is_file()
     with pytest.raises(ConfigError, match="not found .looked in"):
         resolve_model_path("models/none.pt")
+    with pytest.raises(ConfigError, match="not found .looked in"):
+        resolve_model_path("models/none.ssovpkg")  # no checkpoint to export it from: the plain error
+    # a package directory, or its sidecar, from the working directory first (a stand-in repository here)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(params, "REPO", tmp_path / "repo")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "no_ament"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "ssov_synthetic_minkunet34c_w025.pt").write_bytes(b"checkpoint")
+    with pytest.raises(ConfigError) as err:
+        resolve_model_path(NodeConfig().model.path)
+    assert ("`ssov-export onnx --checkpoint models/ssov_synthetic_minkunet34c_w025.pt --out "
+            "models/ssov_synthetic_minkunet34c_w025.ssovpkg` (or `make export`") in str(err.value)
+    with pytest.raises(ConfigError, match="ssov-export onnx"):
+        resolve_model_path("models/ssov_synthetic_minkunet34c_w025.ssovpkg/model.yaml")
+    package = tmp_path / "models" / "ssov_synthetic_minkunet34c_w025.ssovpkg"
+    package.mkdir()
+    (package / "model.yaml").write_text("format: ssov-model-package\n")
+    assert resolve_model_path(NodeConfig().model.path) == package
+    assert resolve_model_path(f"{NodeConfig().model.path}/model.yaml") == package / "model.yaml"
+    # found through the repository when the working directory lacks it; the command then names full paths
+    monkeypatch.chdir(tmp_path / "models")
+    monkeypatch.setattr(params, "REPO", tmp_path)
+    assert resolve_model_path(NodeConfig().model.path) == package
+    with pytest.raises(ConfigError, match=f"--checkpoint {tmp_path}/models/other.pt --out {tmp_path}/models/other"):
+        (tmp_path / "models" / "other.pt").write_bytes(b"checkpoint")
+        resolve_model_path("models/other.ssovpkg")
