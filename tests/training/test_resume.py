@@ -40,7 +40,9 @@ def test_kill_and_resume_reaches_the_same_weights(config_factory, tmp_path):
     killed = _config(config_factory, tmp_path / "killed")
     cfg_path = _write_yaml(killed, tmp_path / "killed.yaml")
     # 3 steps per epoch: the process SIGKILLs itself after step 4, in the middle of its second epoch
-    env = {**os.environ, "SSOV_TEST_KILL_AFTER_STEP": "4"}
+    # same intra-op thread count as this process (earlier tests may have changed it): float sums, and so the
+    # weights, depend on it
+    env = {**os.environ, "SSOV_TEST_KILL_AFTER_STEP": "4", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-m", "ssov_train", "annotation-free", "--cfg", str(cfg_path)],
                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == -signal.SIGKILL
