@@ -288,12 +288,11 @@ def test_startup_errors_are_one_clear_error(tmp_path):
         Harness({"model.backend": "openvino"})
 
 
-def test_exported_package_through_the_onnxruntime_backend(frame, plain):
+def test_exported_package_through_the_onnxruntime_backend(frame, plain, tmp_path):
     """model.backend auto picks onnxruntime for an exported package (a directory); same labels as torch."""
-    package = DEMO_MODEL.with_suffix(".ssovpkg")
-    if not package.exists():
-        pytest.skip(f"no exported package at {package} (export/ makes it)")
-    pytest.importorskip("onnxruntime")
+    from export.onnx_export import export_package
+
+    package, _ = export_package(DEMO_MODEL, tmp_path / "demo.ssovpkg", check=False)
     h = Harness({"model.path": str(package), "afi.enabled": False})
     try:
         assert h.node.segmenter.backend.name == "onnxruntime"
