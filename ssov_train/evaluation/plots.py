@@ -168,6 +168,18 @@ def _short_count(n: float) -> str:
 _BEV_BACKGROUND = "#4a4e57"  # mid-dark: both near-white (manmade) and dark (sidewalk) palette colours show
 
 
+def _bev_frame(ax, extent: float, ylabel: bool = True) -> None:
+    """The sensor marker, square limits, axis labels and grid shared by the bird's-eye views."""
+    ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    if ylabel:
+        ax.set_ylabel("y (m)")
+    ax.grid(color="white", alpha=0.12, linewidth=0.5)
+
+
 def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette: np.ndarray,
                    class_names: Sequence[str], path: str | Path, title: str, extent: float = 50.0) -> Path:
     """Bird's-eye view of one scan: ground truth, prediction, and errors (gt != pred, gt > 0) in red.
@@ -202,13 +214,8 @@ def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette
             order = order[np.argsort(wrong[order], kind="stable")]
             sizes = np.where(wrong[order], 2.5 * size, size)
         ax.scatter(xy[order, 0], xy[order, 1], s=sizes, c=colors[order], linewidths=0, rasterized=True)
-        ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
-        ax.set_xlim(-extent, extent)
-        ax.set_ylim(-extent, extent)
-        ax.set_aspect("equal")
+        _bev_frame(ax, extent, ylabel=False)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("x (m)")
-        ax.grid(color="white", alpha=0.12, linewidth=0.5)
     axes[0].set_ylabel("y (m)")
 
     present = np.union1d(np.unique(gt[labelled]), np.unique(pred[labelled]))
@@ -246,13 +253,7 @@ def bev_labels(points: np.ndarray, labels: np.ndarray, palette: np.ndarray, clas
     unl = labels == 0
     ax.scatter(xy[unl, 0], xy[unl, 1], s=size, c="#d0d0d0", alpha=0.18, linewidths=0, rasterized=True)
     ax.scatter(xy[~unl, 0], xy[~unl, 1], s=size, c=pal[labels[~unl]], linewidths=0, rasterized=True)
-    ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
-    ax.grid(color="white", alpha=0.12, linewidth=0.5)
+    _bev_frame(ax, extent)
     ids, counts = np.unique(labels, return_counts=True)
     handles = [plt.Line2D([], [], marker="s", ls="", markersize=8, color=pal[c] if c else (0.82, 0.82, 0.82),
                           markeredgecolor="#555555", label=f"{class_names[c]} ({_short_count(n)})")
@@ -291,13 +292,7 @@ def bev_heatmap(points: np.ndarray, scores: np.ndarray, path: str | Path, title:
     top = s[order] >= np.quantile(s, 0.99) if len(s) else np.zeros(0, bool)  # the best 1% drawn larger
     sc = ax.scatter(xy[order, 0], xy[order, 1], c=s[order], s=size * (1 + 2 * top),
                     cmap=_HEAT, vmin=lo, vmax=hi, linewidths=0, rasterized=True)
-    ax.plot(0, 0, marker="^", color="white", markeredgecolor="black", markersize=8, zorder=5)
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
-    ax.grid(color="white", alpha=0.12, linewidth=0.5)
+    _bev_frame(ax, extent)
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.03, label=label)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
