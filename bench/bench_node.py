@@ -3,12 +3,14 @@ published at 10 Hz to the node running as its own process, as deployed; reported
 stamp -> segmented cloud received), frames answered / sent (the input is keep_last(1): a node slower than the
 period answers the newest cloud and skips the rest), the node's CPU use (cores) and its resident memory over
 the run (growth = a leak), plus the per-stage times the node publishes on ~/debug/processing_time_ms/*.
+``--pipeline both`` (the default) runs the node twice in one go, pipeline.enabled true then false.
 
     .venv/bin/python bench/bench_node.py [--duration 30 | --five-minutes] [--afi on|off] [--rate 10]
-                                          [--threads N] [--fuzz N] [--out runs/bench_node]
+                                          [--pipeline both|on|off] [--threads N] [--fuzz N] [--out runs/bench_node]
 
-Writes <out>/bench_node.json and <out>/bench_node.png (latency per frame, RSS over time). ``--fuzz N`` also
-feeds N mutated clouds (ssov_ros.fuzz) to an in-process node and reports how many were segmented / dropped.
+Writes <out>/bench_node.json and <out>/bench_node_pipeline_<on|off>.png (latency per frame, RSS over time).
+``--fuzz N`` also feeds N mutated clouds (ssov_ros.fuzz) to an in-process node and reports how many were
+segmented / dropped.
 Sets the network-safety environment (LOCALHOST discovery, big-SHM Fast DDS profile) for itself and the node.
 """
 
@@ -44,7 +46,7 @@ def proc_cpu_rss(pid: int) -> tuple[float, float]:
     return cpu, rss_kb / 1024.0
 
 
-def run_live(args) -> dict:
+def run_live(args, pipeline: str) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
@@ -57,7 +59,8 @@ def run_live(args) -> dict:
 
     frame = real_sample()
     cmd = [sys.executable, "-m", "ssov_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "ssov_node.yaml"),
-           "-p", f"afi.enabled:={'true' if args.afi == 'on' else 'false'}", "-p", f"model.threads:={args.threads}"]
+           "-p", f"afi.enabled:={'true' if args.afi == 'on' else 'false'}", "-p", f"model.threads:={args.threads}",
+           "-p", f"pipeline.enabled:={'true' if pipeline == 'on' else 'false'}"]
     node_proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     driver = rclpy.create_node("ssov_bench_driver")
@@ -76,7 +79,7 @@ def run_live(args) -> dict:
     diagnostics: list = []
     driver.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.append(
         {kv.key: kv.value for s in m.status for kv in s.values} | {"message": m.status[0].message}), 10)
-    for stage in ("read", "voxelize", "network", "softmax", "afi", "publish", "total"):
+    for stage in ("read", "voxelize", "kernel_maps", "network", "softmax", "wait", "afi", "publish", "total"):
         driver.create_subscription(Float64, f"/ssov_segmenter/debug/processing_time_ms/{stage}",
                                    lambda m, s=stage: stages.setdefault(s, []).append(m.data), 10)
     pub = driver.create_publisher(PointCloud2, "/ssov_segmenter/input/points", qos_profile_sensor_data)
@@ -93,7 +96,8 @@ def run_live(args) -> dict:
         rss: list[tuple[float, float]] = []
         n_frames = int(args.duration * args.rate)
         next_rss = t0
-        for i in tqdm(range(n_frames), desc=f"10 Hz x {args.duration:g} s", unit="frame"):
+        for i in tqdm(range(n_frames), desc=f"{args.rate:g} Hz x {args.duration:g} s, pipeline {pipeline}",
+                      unit="frame"):
             target = t0 + i * period
             while time.monotonic() < target:
                 ex.spin_once(timeout_sec=max(0.0, min(0.01, target - time.monotonic())))
@@ -123,7 +127,7 @@ def run_live(args) -> dict:
     rss_arr = np.array([r for _, r in rss])
     after_warmup = rss_arr[min(len(rss_arr) // 10 + 1, len(rss_arr) - 1)]  # first inferences allocate for good
     result = {
-        "afi": args.afi, "rate_hz": args.rate, "duration_s": args.duration, "sent": n_frames,
+        "afi": args.afi, "pipeline": pipeline, "rate_hz": args.rate, "duration_s": args.duration, "sent": n_frames,
         "answered": len(latencies), "latency_ms": {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
                                                     "max": float(lat.max())},
         "node_cpu_cores": (cpu1 - cpu0) / wall, "rss_mib": {"start": float(rss_arr[0]), "end": float(rss_arr[-1]),
@@ -133,7 +137,7 @@ def run_live(args) -> dict:
         "node_diagnostics_last": diagnostics[-1] if diagnostics else None,
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
     }
-    _plot(latencies, rss, result, Path(args.out) / "bench_node.png")
+    _plot(latencies, rss, result, Path(args.out) / f"bench_node_pipeline_{pipeline}.png")
     return result
 
 
@@ -149,7 +153,8 @@ def _plot(latencies, rss, result, path: Path) -> None:
         a.plot(t, l, ".", ms=3)
     a.set_xlabel("time since start (s)")
     a.set_ylabel("end-to-end latency (ms)")
-    a.set_title(f"answered {result['answered']}/{result['sent']} at {result['rate_hz']:g} Hz, AFI {result['afi']}",
+    a.set_title(f"answered {result['answered']}/{result['sent']} at {result['rate_hz']:g} Hz, AFI {result['afi']}, "
+                f"pipeline {result['pipeline']}",
                 fontsize=10)
     a.grid(alpha=0.3)
     t, r = zip(*rss)
@@ -178,6 +183,7 @@ def run_fuzz(n: int) -> dict:
     try:
         for i in tqdm(range(n), desc="fuzz", unit="msg"):
             h.node.on_cloud(mutate_cloud(seeds[i % len(seeds)], rng)[0])
+        h.node.wait_idle(60)
         s = h.node._stats
         return {"rounds": n, "segmented": s["frames"], "dropped": s["dropped"], "internal_errors": s["internal_errors"]}
     finally:
@@ -192,25 +198,29 @@ def main() -> int:
     p.add_argument("--five-minutes", action="store_true", help="the 5-minute RSS run (--duration 300)")
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--afi", choices=("on", "off"), default="on")
+    p.add_argument("--pipeline", choices=("both", "on", "off"), default="both",
+                   help="pipeline.enabled of the node; both = one run each, on first")
     p.add_argument("--threads", type=int, default=1, help="model.threads of the node (0 = library default: all cores)")
     p.add_argument("--fuzz", type=int, default=0, help="also feed N mutated clouds to an in-process node")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_node"))
     args = p.parse_args()
     if args.five_minutes:
         args.duration = 300.0
-    result = {"live": run_live(args)}
+    modes = ("on", "off") if args.pipeline == "both" else (args.pipeline,)
+    result = {f"live_pipeline_{m}": run_live(args, m) for m in modes}
     if args.fuzz:
         result["fuzz"] = run_fuzz(args.fuzz)
     write_json_atomic(Path(args.out) / "bench_node.json", result)
-    live = result["live"]
-    print(f"answered {live['answered']}/{live['sent']} clouds at {args.rate:g} Hz (AFI {args.afi}); latency median "
-          f"{live['latency_ms']['median']:.0f} ms, p95 {live['latency_ms']['p95']:.0f} ms; node CPU "
-          f"{live['node_cpu_cores']:.2f} cores; RSS {live['rss_mib']['start']:.0f} -> {live['rss_mib']['end']:.0f} MiB "
-          f"(max {live['rss_mib']['max']:.0f}); stages (median ms) "
-          + ", ".join(f"{k} {v:.1f}" for k, v in live["stage_ms_median"].items()))
+    for m in modes:
+        live = result[f"live_pipeline_{m}"]
+        print(f"pipeline {m}: answered {live['answered']}/{live['sent']} clouds at {args.rate:g} Hz (AFI {args.afi}); "
+              f"latency median {live['latency_ms']['median']:.0f} ms, p95 {live['latency_ms']['p95']:.0f} ms; node CPU "
+              f"{live['node_cpu_cores']:.2f} cores; RSS {live['rss_mib']['start']:.0f} -> {live['rss_mib']['end']:.0f} "
+              f"MiB (max {live['rss_mib']['max']:.0f}); stages (median ms) "
+              + ", ".join(f"{k} {v:.1f}" for k, v in live["stage_ms_median"].items()))
     if args.fuzz:
         print(f"fuzz: {result['fuzz']}")
-    print(f"-> {args.out}/bench_node.json, bench_node.png ({live['machine']})")
+    print(f"-> {args.out}/bench_node.json, bench_node_pipeline_*.png ({live['machine']})")
     return 0
 
 

@@ -11,6 +11,9 @@ Topics (relative to the node; remap them in a launch file):
        (MarkerArray, transient local), ~/output/<cam>/overlay (Image rgb8), ~/debug/processing_time_ms/<stage>
        and ~/debug/pipeline_latency_ms (std_msgs/Float64), /diagnostics
 
+With ``pipeline.enabled`` the cloud callback reads the cloud and runs the network; a worker thread of the core
+(:class:`ssov_train.inference.PipelinedSegmenter`) runs AFI and publishes, overlapping the next cloud's network.
+
 Run: ``python -m ssov_ros.node --ros-args --params-file config/ssov_node.yaml`` (or ``ros2 run ssov_ros
 ssov_segmenter``). Bad input never stops the node: the frame is dropped with a throttled warning and counted in
 /diagnostics. A missing or broken model file stops it at start-up with one error line.
@@ -19,8 +22,10 @@ ssov_segmenter``). Bad input never stops the node: the frame is dropped with a t
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -37,7 +42,7 @@ from std_msgs.msg import Float64, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ssov_train.errors import ConfigError, DataError, SsovError
-from ssov_train.inference import Segmenter, open_backend
+from ssov_train.inference import FrameOutcome, PipelinedSegmenter, Segmenter, open_backend
 from ssov_train.openvocab.query import TextQuery, prepare_query
 
 from .overlay import camera_from_info, decode_image, image_to_ros, render_overlay
@@ -74,6 +79,22 @@ def build_legend(class_names, palette: np.ndarray, frame_id: str, stamp, text_he
     return out
 
 
+@dataclass
+class _Frame:
+    """One cloud between the callback (read, pose, network) and publishing."""
+
+    msg_header: Any
+    cloud: Any  # pointcloud.Cloud
+    valid_idx: np.ndarray
+    xyz: np.ndarray
+    t_ns: int
+    query: Optional[TextQuery]
+    cameras: list  # (name, camera_info, image msg, lidar_to_camera or error text) matched at arrival
+    timings: dict
+    t0: float
+    front_ms: float = 0.0  # callback time (read + network) when pipelined
+
+
 class SegmenterNode(Node):
     def __init__(self, **node_kwargs: Any):
         super().__init__(NODE_NAME, **node_kwargs)
@@ -93,6 +114,8 @@ class SegmenterNode(Node):
                                    temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None)
         # before subscribing: the first real cloud must not pay the one-off costs (measured 1.2 s -> 0.33 s)
         self.warmup_ms: Optional[float] = self.segmenter.warm_up() if self.cfg.model.warmup else None
+        self._lock = threading.Lock()  # stats and lazily created publishers: the pipeline worker shares them
+        self.pipeline: Optional[PipelinedSegmenter] = None  # started last: no worker left behind by a failed start
         self._query: Optional[TextQuery] = None
         self._query_error = ""  # why the latest query text was refused ("" = none refused)
         self._lut = spec.palette.astype(np.uint8)
@@ -156,7 +179,10 @@ class SegmenterNode(Node):
                                                       f"{' + '.join(sources) or 'nowhere: per frame'})")
         self.get_logger().info(f"model {model_path.name} via {backend.describe()}: {spec.num_classes - 1} classes, "
                                f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}; "
-                               f"warm-up {'off' if self.warmup_ms is None else f'{self.warmup_ms:.0f} ms'}")
+                               f"warm-up {'off' if self.warmup_ms is None else f'{self.warmup_ms:.0f} ms'}; "
+                               f"pipeline {'on' if self.cfg.pipeline.enabled else 'off'}")
+        if self.cfg.pipeline.enabled:
+            self.pipeline = PipelinedSegmenter(self.segmenter, self._on_refined)
 
     # --- parameters ---
 
@@ -202,12 +228,35 @@ class SegmenterNode(Node):
         """Message callback: never raises (a bad frame is dropped and reported)."""
         try:
             self.process(msg)
-        except (CloudError, DataError) as exc:
-            self._drop(str(exc))
         except Exception as exc:  # noqa: BLE001 - the node must survive anything one message can trigger
+            self._frame_failed(exc)
+
+    def _on_refined(self, outcome: FrameOutcome) -> None:
+        """Pipeline worker: publish a refined cloud; never raises (a failed frame is dropped and reported)."""
+        if outcome.superseded:
+            self._drop("superseded: a newer cloud was ready before AFI finished the previous one")
+            return
+        try:
+            if outcome.error is not None:
+                raise outcome.error
+            outcome.context.timings["wait"] = outcome.wait_ms
+            self._publish_result(outcome.context, outcome.result)
+        except Exception as exc:  # noqa: BLE001 - as on_cloud
+            self._frame_failed(exc)
+
+    def _frame_failed(self, exc: Exception) -> None:
+        if isinstance(exc, (CloudError, DataError)):
+            self._drop(str(exc))
+            return
+        with self._lock:
             self._stats["internal_errors"] += 1
-            self._drop(f"internal error: {type(exc).__name__}: {exc}")
-            self.get_logger().error(traceback.format_exc(), throttle_duration_sec=self.cfg.output.warn_throttle_s)
+        self._drop(f"internal error: {type(exc).__name__}: {exc}")
+        self.get_logger().error("".join(traceback.format_exception(exc)),
+                                throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every cloud received so far is published or dropped (pipelined); False on timeout."""
+        return self.pipeline.wait_idle(timeout) if self.pipeline is not None else True
 
     def on_query(self, msg: String) -> None:
         """A new text query for the following clouds; "" clears it.  Text the model cannot score is refused
@@ -226,9 +275,10 @@ class SegmenterNode(Node):
         self.get_logger().info(f"query {text!r}: {self._query.description} on ~/output/query_points")
 
     def _drop(self, reason: str) -> None:
-        self._stats["dropped"] += 1
-        self._period_stats["dropped"] += 1
-        self._stats["last_drop"] = reason
+        with self._lock:
+            self._stats["dropped"] += 1
+            self._period_stats["dropped"] += 1
+            self._stats["last_drop"] = reason
         self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=self.cfg.output.warn_throttle_s)
 
     # --- processing ---
@@ -244,7 +294,7 @@ class SegmenterNode(Node):
         t_ns = stamp_ns(msg.header.stamp)
         frame = msg.header.frame_id
         if self._time_jump.jumped_back(t_ns):  # a bag restarted: nothing before now can be aligned
-            self.segmenter.reset()
+            (self.pipeline or self.segmenter).reset()  # the pipeline resets in order, before this cloud's AFI
             self.tf.clear()
             self.sync.clear()
         timings = {"read": (time.perf_counter() - t0) * 1000}
@@ -255,9 +305,20 @@ class SegmenterNode(Node):
         intensity = np.nan_to_num(cloud.intensity[valid_idx] * self.cfg.input.intensity_scale, nan=0.0,
                                   posinf=0.0, neginf=0.0)
         query = self._query
-        result = self.segmenter.segment(xyz, intensity, pose=pose, keep_probs=query is not None and query.needs_probs)
-        timings.update(result.timings_ms)
+        keep_probs = query is not None and query.needs_probs
+        # cameras are matched here, in the executor's thread that fills the image queue and the tf buffer
+        cameras = self._match_cameras(t_ns, frame) if self.cfg.cameras.names else []
+        ctx = _Frame(msg.header, cloud, valid_idx, xyz, t_ns, query, cameras, timings, t0)
+        if self.pipeline is not None:
+            self.pipeline.submit(xyz, intensity, pose=pose, keep_probs=keep_probs, context=ctx)
+            ctx.front_ms = (time.perf_counter() - t0) * 1000
+        else:
+            self._publish_result(ctx, self.segmenter.segment(xyz, intensity, pose=pose, keep_probs=keep_probs))
 
+    def _publish_result(self, ctx: _Frame, result) -> None:
+        """Labels, scores, query similarity and overlays of one segmented cloud out; timings and stats."""
+        timings, cloud, valid_idx, query = ctx.timings, ctx.cloud, ctx.valid_idx, ctx.query
+        timings.update(result.timings_ms)
         t = time.perf_counter()
         n = cloud.num_points
         labels = np.zeros(n, dtype=np.uint32)
@@ -269,40 +330,46 @@ class SegmenterNode(Node):
                    "intensity": cloud.intensity[keep], "label": labels[keep], "score": scores[keep],
                    "rgb": rgb_packed(self._lut[labels[keep]])}
         organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
-        out = to_ros_cloud(msg.header, columns, height=cloud.height if organised else 1)
+        out = to_ros_cloud(ctx.msg_header, columns, height=cloud.height if organised else 1)
         self.pub_points.publish(out)
         if query is not None:
             similarity = np.zeros(n, dtype=np.float32)  # invalid points score 0, like their label
             similarity[valid_idx] = query.score(result)
-            self.pub_query.publish(to_ros_cloud(msg.header, {"x": columns["x"], "y": columns["y"], "z": columns["z"],
-                                                             "similarity": similarity[keep]},
+            self.pub_query.publish(to_ros_cloud(ctx.msg_header, {"x": columns["x"], "y": columns["y"],
+                                                                 "z": columns["z"], "similarity": similarity[keep]},
                                                 height=cloud.height if organised else 1))
-            self._stats["query_frames"] += 1
+            with self._lock:
+                self._stats["query_frames"] += 1
         if self._legend_frame is None:
-            self._publish_legend(frame)
+            self._publish_legend(ctx.msg_header.frame_id)
         timings["publish"] = (time.perf_counter() - t) * 1000
 
-        if self.cfg.cameras.names:
+        if ctx.cameras:
             t = time.perf_counter()
-            self._publish_overlays(t_ns, frame, xyz, labels[valid_idx])
+            self._publish_overlays(ctx.cameras, ctx.xyz, labels[valid_idx])
             timings["overlay"] = (time.perf_counter() - t) * 1000
 
-        total = (time.perf_counter() - t0) * 1000
+        total = (time.perf_counter() - ctx.t0) * 1000  # cloud arrival to published, hand-off wait included
         timings["total"] = total
-        self._stats["frames"] += 1
-        self._stats["last_ms"] = total
-        if total > self.cfg.output.max_processing_ms:
-            self._stats["over_budget"] += 1
-            self._period_stats["over_budget"] += 1
+        # what limits the rate: the slower of the two threads when pipelined, the whole frame when not
+        busiest = total if self.pipeline is None else max(
+            ctx.front_ms, sum(timings.get(k, 0.0) for k in ("afi", "publish", "overlay")))
+        with self._lock:
+            self._stats["frames"] += 1
+            self._stats["last_ms"] = busiest
+            if busiest > self.cfg.output.max_processing_ms:
+                self._stats["over_budget"] += 1
+                self._period_stats["over_budget"] += 1
         for stage, ms in timings.items():
             self._timing_publisher(stage).publish(Float64(data=float(ms)))
         now_ns = self.get_clock().now().nanoseconds
-        self.pub_latency.publish(Float64(data=(now_ns - t_ns) / 1e6))
+        self.pub_latency.publish(Float64(data=(now_ns - ctx.t_ns) / 1e6))
 
     def _timing_publisher(self, stage: str):
-        if stage not in self._pub_timing:
-            self._pub_timing[stage] = self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", 10)
-        return self._pub_timing[stage]
+        with self._lock:
+            if stage not in self._pub_timing:
+                self._pub_timing[stage] = self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", 10)
+            return self._pub_timing[stage]
 
     def _pose(self, frame: str, t_ns: int) -> Optional[np.ndarray]:
         """fixed <- cloud-frame at t_ns for streaming AFI, or None (then the frame is refined on its own)."""
@@ -327,21 +394,30 @@ class SegmenterNode(Node):
             self._stats["unposed_reason"] = ""
         return pose
 
-    def _publish_overlays(self, t_ns: int, frame: str, xyz: np.ndarray, labels: np.ndarray) -> None:
-        colors = self._lut[labels]
+    def _match_cameras(self, t_ns: int, frame: str) -> list:
+        """(name, camera_info, image, lidar_to_camera or why not) of each camera with an image near t_ns."""
+        matches = []
         for name in self.cfg.cameras.names:
             info = self._camera_info.get(name)
             hit = self.sync.match(t_ns, [name])
             if info is None or hit is None:
                 continue
             img_msg = hit[name]
-            try:
-                l2c = self._lidar_to_camera.get(name)
+            l2c = self._lidar_to_camera.get(name)
+            if l2c is None:
+                l2c = self.tf.lookup(info.header.frame_id or img_msg.header.frame_id, frame, t_ns)
                 if l2c is None:
-                    l2c = self.tf.lookup(info.header.frame_id or img_msg.header.frame_id, frame, t_ns)
-                    if l2c is None:
-                        raise DataError(f"no transform {info.header.frame_id} <- {frame} "
-                                        f"(set cameras.lidar_to_camera or publish /tf_static)")
+                    l2c = (f"no transform {info.header.frame_id} <- {frame} "
+                           f"(set cameras.lidar_to_camera or publish /tf_static)")
+            matches.append((name, info, img_msg, l2c))
+        return matches
+
+    def _publish_overlays(self, cameras: list, xyz: np.ndarray, labels: np.ndarray) -> None:
+        colors = self._lut[labels]
+        for name, info, img_msg, l2c in cameras:
+            try:
+                if isinstance(l2c, str):
+                    raise DataError(l2c)
                 camera = camera_from_info(info, l2c)
                 image, _ = render_overlay(decode_image(img_msg), camera, xyz, colors,
                                           radius=self.cfg.cameras.point_radius, occlusion=self.cfg.cameras.occlusion)
@@ -358,7 +434,8 @@ class SegmenterNode(Node):
                                              self.cfg.output.legend_text_height, self.cfg.output.legend_position))
 
     def diagnostic_status(self) -> DiagnosticStatus:
-        s, p = self._stats, self._period_stats
+        with self._lock:
+            s, p = dict(self._stats), dict(self._period_stats)
         status = DiagnosticStatus(name=f"{self.get_name()}: segmentation", hardware_id=self._model_name)
         problems = []
         if p["dropped"]:
@@ -371,6 +448,7 @@ class SegmenterNode(Node):
         status.message = "; ".join(problems) if problems else ("ok" if s["frames"] else "waiting for clouds")
         values = {"frames": s["frames"], "dropped_total": s["dropped"], "over_budget_total": s["over_budget"],
                   "last_processing_ms": f"{s['last_ms']:.1f}", "budget_ms": self.cfg.output.max_processing_ms,
+                  "pipeline": self.pipeline is not None,
                   "last_drop_reason": s["last_drop"], "internal_errors_total": s["internal_errors"],
                   "frames_with_pose": s["posed"],
                   "no_pose_reason": s["unposed_reason"], "backend": self.segmenter.backend.describe(),
@@ -385,9 +463,12 @@ class SegmenterNode(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [self.diagnostic_status()]
         self.pub_diag.publish(arr)
-        self._period_stats = {"dropped": 0, "over_budget": 0}
+        with self._lock:
+            self._period_stats = {"dropped": 0, "over_budget": 0}
 
     def destroy_node(self) -> None:
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close(timeout=10.0)  # publishes the cloud in flight, joins the worker
         if hasattr(self, "segmenter"):  # absent when start-up failed
             self.segmenter.backend.close()
         super().destroy_node()

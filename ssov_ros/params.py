@@ -41,6 +41,14 @@ class ModelParams:
 
 
 @dataclass
+class PipelineParams:
+    # AFI of cloud t (plus publishing) on a worker thread while the callback runs the network of cloud t+1: on
+    # two cores throughput is the slower half, not the sum (README "ROS 2 node"). Same outputs; a cloud still
+    # waiting for the worker when a newer one is inferred is dropped (counted in /diagnostics)
+    enabled: bool = True
+
+
+@dataclass
 class InputParams:
     intensity_scale: float = 1.0  # multiplies the cloud's intensity to the model's training range
     drop_invalid_points: bool = False  # NaN/Inf points: False = published with label 0, True = removed
@@ -103,6 +111,7 @@ class NodeConfig:
     temporal: TemporalParams = field(default_factory=TemporalParams)
     cameras: CameraParams = field(default_factory=CameraParams)
     output: OutputParams = field(default_factory=OutputParams)
+    pipeline: PipelineParams = field(default_factory=PipelineParams)
 
     def check(self) -> None:
         if not self.input.max_range > 0:

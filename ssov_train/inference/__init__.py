@@ -5,12 +5,15 @@
 * :class:`Backend` — runs the network on one voxelized scan; implementations register a name with
   :func:`register_backend` (``torch`` here; ``onnxruntime`` / ``tensorrt`` come from ``export``);
 * :class:`Segmenter` — points in, per-point labels / scores out: input features, the one voxelizer, the
-  backend, class-0 suppression, softmax, optional AFI, with per-stage timings.
+  backend, class-0 suppression, softmax, optional AFI, with per-stage timings; its halves ``infer`` (network)
+  and ``refine`` (AFI) compose to ``segment``;
+* :class:`PipelinedSegmenter` — ``refine`` of frame t on a worker thread while ``infer`` runs frame t+1.
 """
 
 from .backends import Backend, TorchBackend, available_backends, open_backend, register_backend
-from .segmenter import Segmentation, Segmenter
+from .pipeline import FrameOutcome, PipelinedSegmenter
+from .segmenter import Inferred, Segmentation, Segmenter
 from .spec import ModelSpec
 
-__all__ = ["Backend", "TorchBackend", "ModelSpec", "Segmentation", "Segmenter", "available_backends",
-           "open_backend", "register_backend"]
+__all__ = ["Backend", "TorchBackend", "FrameOutcome", "Inferred", "ModelSpec", "PipelinedSegmenter", "Segmentation",
+           "Segmenter", "available_backends", "open_backend", "register_backend"]

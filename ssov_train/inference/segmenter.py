@@ -28,6 +28,17 @@ class Segmentation:
     timings_ms: dict = field(default_factory=dict)  # stage -> milliseconds
 
 
+@dataclass
+class Inferred:
+    """What :meth:`Segmenter.infer` hands to :meth:`Segmenter.refine`: the network's view of one scan."""
+
+    xyz: np.ndarray  # (N, 3) float32 input points (AFI needs them)
+    probs: Optional[np.ndarray]  # (N, C) float32 class probabilities (class 0 suppressed); None for feature models
+    features: Optional[np.ndarray]  # (N, D) float32 for feature (TMP) models
+    num_voxels: int
+    timings_ms: dict  # stage -> milliseconds of voxelize, network (kernel maps), softmax
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
     np.exp(z, out=z)
@@ -40,6 +51,9 @@ class Segmenter:
 
     ``afi``: None turns AFI off.  With ``temporal`` set, AFI is streaming (:class:`StreamingAFI`): frames given a
     ``pose`` vote for their successors; without a pose a frame is refined on its own.
+
+    :meth:`segment` is :meth:`infer` (network, backend state only) then :meth:`refine` (AFI, AFI state only): the
+    halves may run on two threads, one frame apart (:class:`~ssov_train.inference.PipelinedSegmenter`).
     """
 
     def __init__(self, backend: Backend, afi: Optional[AFIConfig] = None,
@@ -76,7 +90,13 @@ class Segmenter:
     def segment(self, xyz: np.ndarray, intensity: Optional[np.ndarray] = None, pose: Optional[np.ndarray] = None,
                 keep_probs: bool = False) -> Segmentation:
         """Segment one scan: ``xyz`` (N, 3) finite sensor-frame coordinates, ``intensity`` (N,) (zeros if None),
-        ``pose`` the 4x4 sensor -> fixed-frame transform for streaming AFI."""
+        ``pose`` the 4x4 sensor -> fixed-frame transform for streaming AFI.  The same as
+        ``refine(infer(xyz, intensity), pose, keep_probs)``."""
+        return self.refine(self.infer(xyz, intensity), pose=pose, keep_probs=keep_probs)
+
+    def infer(self, xyz: np.ndarray, intensity: Optional[np.ndarray] = None) -> Inferred:
+        """The first half of :meth:`segment`: checks, voxelizer, network (kernel maps included), softmax.
+        Touches only the backend, never the AFI state, so it may run while another thread runs :meth:`refine`."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         xyz = np.asarray(xyz, dtype=np.float32)
@@ -100,22 +120,32 @@ class Segmenter:
             raise DataError(f"backend {self.backend.name} returned {out.shape[0]} rows for {vox.num_voxels} voxels")
 
         if not self.spec.has_classes:
-            return Segmentation(None, None, features=out[vox.point_to_voxel], num_voxels=vox.num_voxels,
-                                timings_ms=timings)
+            return Inferred(xyz, None, out[vox.point_to_voxel], vox.num_voxels, timings)
         t = time.perf_counter()
         logits = np.array(out, dtype=np.float32)
         logits[:, 0] = IGNORE_LOGIT
         probs = softmax(logits)[vox.point_to_voxel]
         timings["softmax"] = _ms(t)
+        return Inferred(xyz, probs, None, vox.num_voxels, timings)
+
+    def refine(self, inferred: Inferred, pose: Optional[np.ndarray] = None,
+               keep_probs: bool = False) -> Segmentation:
+        """The second half of :meth:`segment`: (streaming) AFI, labels and scores.  Frames must be refined in
+        the order they were taken: streaming AFI keeps the previous ones."""
+        timings = dict(inferred.timings_ms)
+        if inferred.probs is None:
+            return Segmentation(None, None, features=inferred.features, num_voxels=inferred.num_voxels,
+                                timings_ms=timings)
+        probs = inferred.probs
         if self.afi is not None:
             t = time.perf_counter()
-            labels, probs = self.afi.update(xyz, probs, pose=pose)
+            labels, probs = self.afi.update(inferred.xyz, probs, pose=pose)
             timings["afi"] = _ms(t)
         else:
             labels = probs.argmax(1)
         scores = probs[np.arange(len(labels)), labels].astype(np.float32)
         return Segmentation(labels.astype(np.int64), scores, probs if keep_probs else None,
-                            num_voxels=vox.num_voxels, timings_ms=timings)
+                            num_voxels=inferred.num_voxels, timings_ms=timings)
 
 
 def _ms(t0: float) -> float:

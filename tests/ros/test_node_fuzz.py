@@ -48,6 +48,8 @@ def test_node_survives_mutated_clouds_and_keeps_publishing(tiny_model, frame, af
         for i in range(rounds):
             msg, _ = mutate_cloud(seeds[i % len(seeds)], rng)
             h.node.on_cloud(msg)  # must not raise, whatever the bytes
+        assert h.node.pipeline is not None  # the default: AFI and publishing on the worker thread
+        assert h.node.wait_idle(60)  # every mutant published or dropped (superseded ones count as dropped)
         stats = h.node._stats
         assert stats["frames"] + stats["dropped"] == rounds
         # both paths were exercised: many mutants are still readable clouds, many are not
