@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -228,34 +228,47 @@ def run_superpoints(reader, tokens: list[str], teacher: TeacherSource, dictionar
                     cfg: ProjectionConfig, out_dir: str | Path, split: str = "all", shard: tuple[int, int] = (0, 1),
                     overwrite: bool = False, progress: bool = True, run_info: Optional[dict] = None) -> RunResult:
     """Compute and store superpoints for ``tokens`` (this shard's part); resumable, skips bad samples."""
-    out_dir = Path(out_dir)
-    manifest = manifest_path(out_dir, split)  # validates the split name before any work
     settings = {"projection": asdict(cfg), "teacher": teacher.name, "vocabulary": dictionary.name,
                 "num_prompts": dictionary.num_prompts}
-    _check_settings(out_dir, settings, overwrite)
+
+    def compute(token: str, path: Path) -> None:
+        save_superpoints(path, compute_superpoints(reader.load(token), teacher, dictionary, cfg))
+
+    return run_per_sample(tokens, compute, out_dir, settings, {"split": split, **(run_info or {})}, "superpoints",
+                          split, shard, overwrite, progress)
+
+
+def run_per_sample(tokens: list[str], compute: Callable[[str, Path], None], out_dir: str | Path, settings: dict,
+                   manifest_info: dict, what: str, split: str = "all", shard: tuple[int, int] = (0, 1),
+                   overwrite: bool = False, progress: bool = True) -> RunResult:
+    """The batch loop of every per-sample stage: this shard's tokens, ``compute(token, sample file)`` for each
+    one not already done (resume), a bad sample listed and skipped (DataError / OSError), the split's manifest
+    written at the end.  ``settings`` must match those of earlier runs into ``out_dir``."""
+    out_dir = Path(out_dir)
+    manifest = manifest_path(out_dir, split)  # validates the split name before any work
+    _check_settings(out_dir, settings, overwrite, what)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     result = RunResult()
     t0 = time.perf_counter()
-    mine = shard_tokens(tokens, shard)
-    bar = tqdm(mine, desc=f"superpoints {shard[0] + 1}/{shard[1]}", unit="scan", disable=not progress)
+    bar = tqdm(shard_tokens(tokens, shard), desc=f"{what} {shard[0] + 1}/{shard[1]}", unit="scan",
+               disable=not progress)
     for token in bar:
         path = sample_path(out_dir, token)
         if path.exists() and not overwrite:
             result.skipped.append(token)
             continue
         try:
-            frame = reader.load(token)
-            save_superpoints(path, compute_superpoints(frame, teacher, dictionary, cfg))
+            compute(token, path)
             result.done.append(token)
         except (DataError, OSError) as e:
             result.failed.append((token, str(e)))
             bar.write(f"skipped sample {token}: {e}")
     result.seconds = time.perf_counter() - t0
-    write_manifest(manifest, tokens, result, {"split": split, **(run_info or {})})
+    write_manifest(manifest, tokens, result, manifest_info)
     return result
 
 
-def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool, what: str = "superpoints") -> None:
     """Resuming must not mix samples made with other settings into one output directory."""
     path = out_dir / "settings.json"
     if path.exists() and not overwrite:
@@ -265,7 +278,7 @@ def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
             raise DataError(f"{path}: invalid JSON ({e})") from None
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise DataError(f"{out_dir} holds superpoints made with other settings ({', '.join(changed)} differ); "
+            raise DataError(f"{out_dir} holds {what} made with other settings ({', '.join(changed)} differ); "
                             "use another output directory, or --overwrite to recompute everything")
     if overwrite or not path.exists():
         write_json_atomic(path, settings)

@@ -14,19 +14,17 @@ feature, ``features`` (M, D) float16, ``num_views`` (M,) uint8, ``meta``) and ``
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from ..data.frame import Frame
 from ..errors import DataError
 from ..geometry.projection import ProjectionConfig, project_to_camera
-from ..io import load_npz_with_meta, save_npz_atomic, write_json_atomic
-from ..superpoints import RunResult, _teacher_pixel, manifest_path, sample_path, shard_tokens, write_manifest
+from ..io import load_npz_with_meta, save_npz_atomic
+from ..superpoints import RunResult, _teacher_pixel, run_per_sample
 from ..teachers.format import TeacherSource, TeacherStore
 
 FORMAT_NAME = "ssov-fused-features"
@@ -120,33 +118,13 @@ def run_fusion(reader, tokens: list[str], teacher: TeacherSource, out_dir: str |
                split: str = "all", shard: tuple[int, int] = (0, 1), overwrite: bool = False,
                progress: bool = True) -> RunResult:
     """Fuse and store features for this shard of ``tokens``: resumable, bad samples listed, manifest per split."""
-    out_dir = Path(out_dir)
-    manifest = manifest_path(out_dir, split)
     settings = {"format": FORMAT_NAME, "teacher": teacher.name, "source": run.source,
                 "projection": asdict(run.projection)}
-    settings_path = out_dir / "settings.json"
-    if settings_path.exists() and not overwrite:
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            raise DataError(f"{out_dir} holds fused features made with other settings ({previous}); use another "
-                            "output directory, or --overwrite")
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(settings_path, settings)
-    result = RunResult()
-    t0 = time.perf_counter()
-    bar = tqdm(shard_tokens(tokens, shard), desc=f"fuse {shard[0] + 1}/{shard[1]}", unit="scan", disable=not progress)
-    for token in bar:
-        path = sample_path(out_dir, token)
-        if path.exists() and not overwrite:
-            result.skipped.append(token)
-            continue
-        try:
-            save_fused(path, fuse_frame(reader.load(token), teacher, run.projection, run.source), run.source)
-            result.done.append(token)
-        except (DataError, OSError) as e:
-            result.failed.append((token, str(e)))
-            bar.write(f"skipped sample {token}: {e}")
-    result.seconds = time.perf_counter() - t0
-    write_manifest(manifest, tokens, result, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": split,
-                                              "teacher": teacher.name, "source": run.source})
-    return result
+
+    def compute(token: str, path: Path) -> None:
+        save_fused(path, fuse_frame(reader.load(token), teacher, run.projection, run.source), run.source)
+
+    info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": split, "teacher": teacher.name,
+            "source": run.source}
+    return run_per_sample(tokens, compute, out_dir, settings, info, "fused features", split, shard, overwrite,
+                          progress)
