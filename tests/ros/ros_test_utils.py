@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 # with the same name and topics on the default domain.
 DOMAIN_ID = 20 + os.getpid() % 80
 DEMO_MODEL = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
+OUT = "/ssov_segmenter/output/points"  # the node's labelled cloud, under its default name
+S = 1_000_000_000  # nanoseconds per second, for stamps
 
 # (name, offset, numpy type) per layout, as drivers publish them; point_step given separately (padding).
 LAYOUTS: dict[str, tuple[list[tuple[str, int, str]], int]] = {

@@ -3,7 +3,7 @@ diagnostics, camera overlay and streaming AFI aligned by odometry."""
 
 import numpy as np
 import pytest
-from ros_test_utils import DEMO_MODEL, Harness, encode, real_sample, to_rclpy
+from ros_test_utils import DEMO_MODEL, OUT, S, Harness, encode, to_rclpy
 
 pytest.importorskip("rclpy")
 
@@ -15,13 +15,7 @@ from ssov_ros.pointcloud import read_cloud  # noqa: E402
 from ssov_train.afi import AFIConfig, TemporalConfig  # noqa: E402
 from ssov_train.inference import Segmenter, open_backend  # noqa: E402
 
-OUT = "/ssov_segmenter/output/points"
-S = 1_000_000_000
 
-
-@pytest.fixture(scope="module")
-def frame():
-    return real_sample()
 
 
 @pytest.fixture(scope="module")

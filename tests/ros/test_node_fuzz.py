@@ -7,7 +7,7 @@ streaming AFI on (degenerate clouds through AFI). More rounds: ``bench/bench_nod
 
 import numpy as np
 import pytest
-from ros_test_utils import Harness, encode, make_tiny_model, real_sample, to_rclpy
+from ros_test_utils import Harness, encode, make_tiny_model, to_rclpy
 
 pytest.importorskip("rclpy")
 
@@ -21,10 +21,6 @@ from ssov_ros.pointcloud import read_cloud  # noqa: E402
 def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
-
-@pytest.fixture(scope="module")
-def frame():
-    return real_sample()
 
 
 def _seeds(frame, rng):

@@ -4,7 +4,7 @@ the node."""
 
 import numpy as np
 import pytest
-from ros_test_utils import DEMO_MODEL, Harness, encode, real_sample, to_rclpy
+from ros_test_utils import DEMO_MODEL, OUT, S, Harness, encode, to_rclpy
 
 pytest.importorskip("rclpy")
 
@@ -14,15 +14,12 @@ from test_node import _odometry  # noqa: E402
 
 from ssov_ros.pointcloud import read_cloud  # noqa: E402
 
-S = 1_000_000_000
-OUT = "/ssov_segmenter/output/points"
 
 
 @pytest.fixture(scope="module")
-def clouds():
+def clouds(frame):
     """Five sweeps of a vehicle driving along x (each a different subset of the real sweep, in the sensor frame),
     stamped 1..4 s and then 1 s again (a bag restart: the node must reset the streaming history)."""
-    frame = real_sample()
     rng = np.random.default_rng(3)
     out = []
     for k, t in enumerate((1, 2, 3, 4, 1)):

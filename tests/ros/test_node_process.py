@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_test_utils import DEMO_MODEL, DOMAIN_ID, REPO, encode, real_sample, to_rclpy
+from ros_test_utils import DEMO_MODEL, DOMAIN_ID, REPO, encode, to_rclpy
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -35,8 +35,7 @@ def _start(*ros_args):
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_real_sample_round_trip():
-    frame = real_sample()
+def test_two_processes_real_sample_round_trip(frame):
     proc = _start("-p", "afi.enabled:=false", "-p", "output.diagnostics_period_s:=0.2")
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)

@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from ros_test_utils import DEMO_MODEL, Harness, encode, make_tiny_model, real_sample, to_rclpy
+from ros_test_utils import DEMO_MODEL, OUT, S, Harness, encode, make_tiny_model, to_rclpy
 
 pytest.importorskip("rclpy")
 
@@ -17,14 +17,8 @@ from ssov_train.errors import ConfigError  # noqa: E402
 from ssov_train.inference import Segmenter, open_backend  # noqa: E402
 from ssov_train.openvocab.query import query_points  # noqa: E402
 
-OUT = "/ssov_segmenter/output/points"
 QUERY_OUT = "/ssov_segmenter/output/query_points"
-S = 1_000_000_000
 
-
-@pytest.fixture(scope="module")
-def frame():
-    return real_sample()
 
 
 @pytest.fixture(scope="module")

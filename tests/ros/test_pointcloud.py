@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
-from ros_test_utils import LAYOUTS, encode, real_sample
+from ros_test_utils import LAYOUTS, encode
 
 from ssov_ros.pointcloud import CloudError, pack_cloud, read_cloud, rgb_packed
 from ssov_train.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def sample():
-    frame = real_sample()
+def sample(frame):
     return frame.points, frame.intensity
 
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-from ros_test_utils import REPO, real_sample
+from ros_test_utils import REPO
 
 from ssov_ros.overlay import ImageError, camera_from_info, decode_image, draw_points, render_overlay
 from ssov_ros.params import NodeConfig, flat_defaults, from_flat, load_params_file, resolve_model_path
@@ -37,10 +37,6 @@ def test_approximate_sync_needs_every_stream():
     sync.clear()
     assert sync.match(1000 * MS, ["CAM_FRONT"]) is None
 
-
-@pytest.fixture(scope="module")
-def frame():
-    return real_sample()
 
 
 def _image_msg(rgb, encoding="rgb8", pad=0):
