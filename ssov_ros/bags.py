@@ -372,13 +372,6 @@ def odometry_message(t_ns: int, frame: str, child: str, pose: np.ndarray, linear
 
 # --------------------------------------------------------------------------- calibration as node params
 
-def _xyz_quat(matrix: np.ndarray) -> list[float]:
-    from ssov_train.geometry.transforms import matrix_to_quat
-
-    w, x, y, z = matrix_to_quat(matrix[:3, :3])
-    return [float(v) for v in (*matrix[:3, 3], x, y, z, w)]
-
-
 def calibration_params(path: str | Path, lidar_topic: str = LIDAR_TOPIC) -> dict:
     """A bag's calibration as ssov_segmenter parameters, for hosts without tf2_msgs (no PyPI wheel), where the
     node cannot read /tf_static: ``cameras.names`` (cameras with a CompressedImage topic), ``cameras.transport``,
@@ -387,7 +380,9 @@ def calibration_params(path: str | Path, lidar_topic: str = LIDAR_TOPIC) -> dict
     lidar -> camera goes through the ego pose at the sweep's and at the camera's first timestamps when /tf has
     them (the full nuScenes chain: cameras expose up to 43 ms before the sweep while the car moves).
     """
-    from .tf_buffer import TransformBuffer
+    from ssov_train.geometry.transforms import invert
+
+    from .tf_buffer import TransformBuffer, matrix_xyz_quat, stamp_ns
 
     info = bag_info(path)
     if lidar_topic not in info.topics:
@@ -403,31 +398,32 @@ def calibration_params(path: str | Path, lidar_topic: str = LIDAR_TOPIC) -> dict
             buf.add_tf_message(deserialize(raw, msgtype), static=topic == "/tf_static")
         elif topic not in first:
             msg = deserialize(raw, msgtype)
-            first[topic] = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            first[topic] = stamp_ns(msg.header.stamp)
             frames[topic] = msg.header.frame_id
     if lidar_topic not in first:
         raise DataError(f"bag {path}: no message on {lidar_topic}")
     lidar_frame, t_lidar = frames[lidar_topic], first[lidar_topic]
     base = BASE_FRAME if BASE_FRAME in buf.frames() else None
     params: dict = {"cameras.names": cams, "cameras.transport": "compressed"}
-    if base is not None and buf.lookup(base, lidar_frame, t_lidar) is not None:
-        params["temporal.sensor_to_base"] = _xyz_quat(buf.lookup(base, lidar_frame, t_lidar))
+    lidar_base = buf.lookup(base or lidar_frame, lidar_frame, t_lidar)
+    if base is not None and lidar_base is not None:
+        params["temporal.sensor_to_base"] = matrix_xyz_quat(lidar_base)
+    # base(t_cam) <- base(t_lidar) through the fixed frame when /tf has the ego poses, else the identity
+    root = next((f for f in ("map", "odom") if base and buf.lookup(f, base, t_lidar) is not None), None)
+    at_lidar = buf.lookup(root, base, t_lidar) if root is not None else None
     flat: list[float] = []
     for cam in cams:
         topic = camera_info_topic(cam)
         cam_frame, t_cam = frames[topic], first[topic]
-        # base(t_cam) <- base(t_lidar) through the fixed frame when /tf has the ego poses, else the identity
         motion = np.eye(4)
-        root = next((f for f in ("map", "odom") if base and buf.lookup(f, base, t_lidar) is not None), None)
         if root is not None:
-            at_lidar, at_cam = buf.lookup(root, base, t_lidar), buf.lookup(root, base, t_cam)
+            at_cam = buf.lookup(root, base, t_cam)
             if at_cam is not None:
-                motion = np.linalg.inv(at_cam) @ at_lidar
-        cam_base, lidar_base = buf.lookup(base or lidar_frame, cam_frame, t_cam), buf.lookup(base or lidar_frame,
-                                                                                             lidar_frame, t_lidar)
+                motion = invert(at_cam) @ at_lidar
+        cam_base = buf.lookup(base or lidar_frame, cam_frame, t_cam)
         if cam_base is None or lidar_base is None:
             raise DataError(f"bag {path}: /tf_static has no transform between {lidar_frame} and {cam_frame}")
-        flat += _xyz_quat(np.linalg.inv(cam_base) @ motion @ lidar_base)
+        flat += matrix_xyz_quat(invert(cam_base) @ motion @ lidar_base)
     params["cameras.lidar_to_camera"] = flat
     return params
 

@@ -16,7 +16,6 @@ Run: ``python -m ssov_ros.demo --out demo_out`` (the bags are generated first if
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -31,12 +30,14 @@ import numpy as np
 import yaml
 
 from ssov_train.errors import SsovError
-from ssov_train.io import atomic_path
+from ssov_train.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 from .bags import (CAMERAS, LIDAR_TOPIC, ODOM_TOPIC, SHIPPED, BagWriter, bag_info, calibration_params,
                    camera_info_topic, deserialize, first_message, image_topic, read_messages, shipped_bags)
+from .overlay import decode_image
 from .params import DEFAULT_MODEL as DEFAULT_NODE_MODEL
 from .params import resolve_model_path
+from .tf_buffer import stamp_ns
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "ssov_segmenter"
@@ -115,7 +116,7 @@ class Outputs:
             from sensor_msgs.msg import PointCloud2
 
             msg = deserialize_message(raw, PointCloud2)
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp = stamp_ns(msg.header.stamp)
             cloud = read_cloud(msg, fields=("label",))
             with self.lock:
                 self.clouds.append((stamp, cloud.xyz, cloud.columns["label"].astype(np.int64)))
@@ -166,11 +167,11 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
     if not ok:
         raise OSError(f"could not encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png.tobytes())
+    write_bytes_atomic(path, png.tobytes())
 
 
-def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str) -> list[Path]:
+def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str, has_odometry: bool,
+                   lidar_to_base: Sequence[float]) -> list[Path]:
     """bev.png (the last labelled cloud), street_map.png (every labelled cloud placed by the bag's odometry)
     and overlay_<CAM>.png (each camera's last overlay)."""
     from rclpy.serialization import deserialize_message
@@ -185,19 +186,15 @@ def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str) -> list[P
         labels = np.where(labels < len(names), labels, 0)
         pictures.append(bev_labels(xyz, labels, palette, names, out / "bev.png",
                                    f"{title}: ssov_segmenter output, last of {len(outputs.clouds)} sweep(s)"))
-    if len(outputs.clouds) > 1 and ODOM_TOPIC in bag_info(bag).topics:
-        pictures.append(write_street_map(outputs, bag, out / "street_map.png", title))
+    if len(outputs.clouds) > 1 and has_odometry:
+        pictures.append(write_street_map(outputs, bag, out / "street_map.png", title, lidar_to_base))
     for cam, raw in sorted(outputs.overlays.items()):
-        msg = deserialize_message(raw, Image)
-        rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, -1)[:, :, :3]
-        if msg.encoding == "bgr8":
-            rgb = rgb[:, :, ::-1]
-        _write_png(out / f"overlay_{cam}.png", np.ascontiguousarray(rgb))
+        _write_png(out / f"overlay_{cam}.png", np.ascontiguousarray(decode_image(deserialize_message(raw, Image))))
         pictures.append(out / f"overlay_{cam}.png")
     return pictures
 
 
-def place_clouds(bag: Path, clouds: Sequence[tuple[int, np.ndarray, np.ndarray]]
+def place_clouds(bag: Path, clouds: Sequence[tuple[int, np.ndarray, np.ndarray]], lidar_to_base: Sequence[float]
                  ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], str]:
     """Clouds (stamp, xyz in the lidar frame, labels) moved into the odometry frame of ``bag`` (poses from its
     /odom, interpolated at each stamp; lidar -> base from /tf_static). Returns ([(index, xyz, base -> odom pose)]
@@ -210,22 +207,22 @@ def place_clouds(bag: Path, clouds: Sequence[tuple[int, np.ndarray, np.ndarray]]
     fixed = base = None
     for _, msgtype, _, raw in read_messages(bag, [ODOM_TOPIC]):
         fixed, base = poses.add_odometry(deserialize(raw, msgtype))
-    lidar_to_base = xyz_quat_matrix(calibration_params(bag)["temporal.sensor_to_base"])
+    sensor_to_base = xyz_quat_matrix(lidar_to_base)
     placed = []
     for i, (stamp, points, _) in enumerate(clouds):
         pose = poses.lookup(fixed, base, stamp) if fixed else None
         if pose is not None:
-            placed.append((i, apply(pose @ lidar_to_base, points), pose))
+            placed.append((i, apply(pose @ sensor_to_base, points), pose))
     return placed, fixed or "odom"
 
 
-def write_street_map(outputs: Outputs, bag: Path, path: Path, title: str) -> Path:
+def write_street_map(outputs: Outputs, bag: Path, path: Path, title: str, lidar_to_base: Sequence[float]) -> Path:
     """Every labelled cloud placed by the bag's odometry, centred on the middle of the drive: the street the
     node labelled, sweep after sweep."""
     from ssov_train.evaluation.plots import bev_labels
 
     names, palette = _legend(outputs.legend)
-    placed, fixed = place_clouds(bag, outputs.clouds)
+    placed, fixed = place_clouds(bag, outputs.clouds, lidar_to_base)
     if not placed:
         raise SsovError(f"bag {bag}: no odometry at the labelled sweeps' stamps")
     labels = np.concatenate([outputs.clouds[i][2] for i, _, _ in placed])
@@ -260,9 +257,8 @@ def run_bag(bag: Path, out: Path, model: Path, rate: float, max_sweeps: int = 0,
         width = first_message(bag, camera_info_topic(cameras[0]))[1].width
         calib["cameras.point_radius"] = 2 if width >= 800 else 1
     params = out / "node_params.yaml"
-    with atomic_path(params) as tmp:
-        tmp.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest({**calib, "model.path": str(model)})}},
-                                      sort_keys=False))
+    write_text_atomic(params, yaml.safe_dump({"/**": {"ros__parameters": _nest({**calib, "model.path": str(model)})}},
+                                             sort_keys=False))
     log_path = out / "node.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(node_command([REPO / "config" / "ssov_node.yaml", params], cameras),
@@ -285,7 +281,8 @@ def run_bag(bag: Path, out: Path, model: Path, rate: float, max_sweeps: int = 0,
             wanted = [OUT_POINTS, OUT_LEGEND, PIPELINE_LATENCY, *(overlay_topic(c) for c in cameras)]
             recorder = Recorder(node, writer, wanted, on_message=outputs.on_message)
             topics = [LIDAR_TOPIC, ODOM_TOPIC, *(t for c in cameras for t in (image_topic(c), camera_info_topic(c)))]
-            player = Replayer(node, bag, [t for t in topics if t in bag_info(bag).topics], log=lambda m: None)
+            available = bag_info(bag).topics
+            player = Replayer(node, bag, [t for t in topics if t in available], log=lambda m: None)
             spinner.start()
             # The node is ready once it subscribes to the cloud; its outputs exist by then.
             deadline = time.monotonic() + node_timeout_s
@@ -338,7 +335,8 @@ def run_bag(bag: Path, out: Path, model: Path, rate: float, max_sweeps: int = 0,
         _stop(proc)
         executor.remove_node(node)
         node.destroy_node()
-    pictures = write_pictures(outputs, bag, out, bag.name)
+    pictures = write_pictures(outputs, bag, out, bag.name, ODOM_TOPIC in player.info.topics,
+                              calib.get("temporal.sensor_to_base", []))
     summary = {
         "bag": str(bag), "sweeps_published": outputs.sweeps_published, "clouds_labelled": len(outputs.clouds),
         "rate": rate, "node_ready_s": round(ready_s, 1), "replay_s": round(play_s, 2),
@@ -444,8 +442,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     result = {"seconds": round(time.monotonic() - t0, 1), "bags": summaries}
-    with atomic_path(args.out / "latency.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(args.out / "latency.json", result)
     print("\n" + latency_table(summaries))
     print(f"\n{sum(s['clouds_labelled'] for s in summaries.values())} labelled clouds in {result['seconds']} s. "
           f"Pictures:")

@@ -119,6 +119,7 @@ class SegmenterNode(Node):
         self._query: Optional[TextQuery] = None
         self._query_error = ""  # why the latest query text was refused ("" = none refused)
         self._lut = spec.palette.astype(np.uint8)
+        self._rgb_lut = rgb_packed(self._lut)  # packed RViz colour per class, once rather than per point per cloud
         self.tf = TransformBuffer(extrapolation_ns=int(self.cfg.temporal.pose_tolerance_s * 1e9))
         self._time_jump = TimeJumpDetector()
         self._odom_frames: Optional[tuple[str, str]] = None  # (parent, child) of the last odometry
@@ -328,16 +329,18 @@ class SegmenterNode(Node):
         keep = valid_idx if self.cfg.input.drop_invalid_points else slice(None)
         columns = {"x": cloud.xyz[keep, 0], "y": cloud.xyz[keep, 1], "z": cloud.xyz[keep, 2],
                    "intensity": cloud.intensity[keep], "label": labels[keep], "score": scores[keep],
-                   "rgb": rgb_packed(self._lut[labels[keep]])}
+                   "rgb": self._rgb_lut[labels[keep]]}
         organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
-        out = to_ros_cloud(ctx.msg_header, columns, height=cloud.height if organised else 1)
+        # every kept point has finite x, y, z when invalid points are dropped; read_cloud already knows otherwise
+        dense = self.cfg.input.drop_invalid_points or bool(cloud.valid.all())
+        out = to_ros_cloud(ctx.msg_header, columns, height=cloud.height if organised else 1, is_dense=dense)
         self.pub_points.publish(out)
         if query is not None:
             similarity = np.zeros(n, dtype=np.float32)  # invalid points score 0, like their label
             similarity[valid_idx] = query.score(result)
             self.pub_query.publish(to_ros_cloud(ctx.msg_header, {"x": columns["x"], "y": columns["y"],
                                                                  "z": columns["z"], "similarity": similarity[keep]},
-                                                height=cloud.height if organised else 1))
+                                                height=cloud.height if organised else 1, is_dense=dense))
             with self._lock:
                 self._stats["query_frames"] += 1
         if self._legend_frame is None:

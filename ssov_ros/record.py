@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 from ssov_train.errors import SsovError
 
 from .bags import BagWriter, QosSpec
-from .replay import message_class, rclpy_qos
+from .replay import message_class, rclpy_qos, split_ros_args
 
 
 def publishers_qos(node, topic: str) -> Optional[QosSpec]:
@@ -85,9 +85,7 @@ class Recorder:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
-    argv = argv[: len(argv) - len(ros_args)]
+    argv, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="ssov-record", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bag", type=Path, help="output bag directory (must not exist unless --overwrite)")

@@ -131,10 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the tool's own arguments, ``--ros-args ...`` and everything after it, for rclpy.init)."""
+    argv = list(argv)
+    k = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    return argv[:k], argv[k:]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
-    argv = argv[: len(argv) - len(ros_args)]
+    argv, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not args.rate > 0:
         build_parser().error(f"--rate must be > 0, got {args.rate}")

@@ -31,6 +31,12 @@ def pose_matrix(translation: Any, rotation: Any) -> np.ndarray:
     return make_transform(q, t)
 
 
+def matrix_xyz_quat(matrix: np.ndarray) -> list[float]:
+    """[x, y, z, qx, qy, qz, qw] of a rigid 4x4: the inverse of :func:`xyz_quat_matrix`."""
+    w, x, y, z = matrix_to_quat(matrix[:3, :3])
+    return [float(v) for v in (*matrix[:3, 3], x, y, z, w)]
+
+
 def xyz_quat_matrix(values: Iterable[float]) -> np.ndarray:
     """4x4 from [x, y, z, qx, qy, qz, qw] (the order of a ROS static_transform_publisher / URDF-free param)."""
     v = [float(x) for x in values]

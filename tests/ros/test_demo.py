@@ -16,7 +16,7 @@ from ros_test_utils import make_tiny_model
 
 pytest.importorskip("rclpy")
 
-from ssov_ros.bags import CAMERAS, bag_info, deserialize, read_messages  # noqa: E402
+from ssov_ros.bags import CAMERAS, bag_info, calibration_params, deserialize, read_messages  # noqa: E402
 from ssov_ros.pointcloud import read_cloud  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,8 @@ def test_street_map_registers_sweeps_by_odometry():
     bag = REPO / "rosbags" / "synthetic_street"
     sweeps = [(stamp, read_cloud(deserialize(raw, t)).xyz, None)
               for _, t, stamp, raw in read_messages(bag, ["/lidar_top/points"])]
-    (i, first, _), (j, later, pose) = place_clouds(bag, [sweeps[5], sweeps[15]])[0]
+    lidar_to_base = calibration_params(bag)["temporal.sensor_to_base"]
+    (i, first, _), (j, later, pose) = place_clouds(bag, [sweeps[5], sweeps[15]], lidar_to_base)[0]
     assert (i, j) == (0, 1) and np.linalg.norm(pose[:2, 3]) > 4.0
     # what stands above the road (walls, poles, trees; lidar 1.84 m up): the ground looks alike from anywhere
     high = [sweeps[k][1][:, 2] > -0.5 for k in (5, 15)]
