@@ -35,7 +35,9 @@ def cmd_check(args) -> int:
     import onnx
 
     from .engine import check_onnx
-    from .onnx_export import check_parity, load_model, sample_scan
+    from ssov_train.training.checkpoint import load_model
+
+    from .onnx_export import check_parity, sample_scan, spconv_logits
     from .package import load_package
 
     pkg = load_package(args.package)
@@ -47,9 +49,10 @@ def cmd_check(args) -> int:
     if args.checkpoint:
         model, _ = load_model(args.checkpoint)
         vox = sample_scan(pkg.spec)
+        reference = spconv_logits(model, vox)
         graphs = ["cpu", "portable"] if pkg.cpu_onnx_path is not None else ["portable"]
         for graph in graphs:
-            parity = check_parity(pkg.root, model, vox, graph=graph)
+            parity = check_parity(pkg.root, reference, vox, graph=graph)
             print(f"parity of the {graph} graph vs {args.checkpoint} on the real sample, {parity}")
             if not parity.ok:
                 return 1

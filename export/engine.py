@@ -26,7 +26,7 @@ import numpy as np
 from ssov_train.errors import DataError
 
 from .kernel_maps import bands, input_names
-from .package import ModelPackage
+from .package import ModelPackage, sha256_of
 
 PRECISIONS = ("fp32", "fp16")
 TRT_OPSETS = range(13, 21)  # TensorRT 8.6 parses opset <= 17, 10.x <= 20
@@ -155,20 +155,16 @@ def decide(engine_path: Path, key: EngineKey) -> tuple[bool, str]:
     for field, value in asdict(key).items():
         if recorded.get(field) != value:
             return True, f"cached engine was built for {field}={recorded.get(field)!r}, now {value!r}"
-    if record.get("engine_sha256") != sha256_bytes(engine_path.read_bytes()):
+    if record.get("engine_sha256") != sha256_of(engine_path):
         return True, f"cached engine {engine_path.name} does not match its record (corrupt or replaced)"
     return False, f"cached engine {engine_path.name} matches"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_record(engine_path: Path, key: EngineKey, profiles: Profiles, build_seconds: float) -> None:
     from ssov_train.io import write_json_atomic
 
     write_json_atomic(record_path(engine_path), {
-        "key": asdict(key), "engine_sha256": sha256_bytes(engine_path.read_bytes()),
+        "key": asdict(key), "engine_sha256": sha256_of(engine_path),
         "profiles": {k: [list(s) for s in v] for k, v in profiles.items()}, "build_seconds": build_seconds})
 
 

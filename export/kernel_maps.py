@@ -103,12 +103,6 @@ class KernelMaps:
         return {f"{kind}{level}": int(rb.in_chunks.shape[1]) for kind in ("subm", "down", "up")
                 for level, rb in enumerate(getattr(self, kind))}
 
-    def useful_macs(self, convs_per_level: list[list[tuple[int, int]]]) -> int:
-        """Multiply-accumulates of the given (cin, cout) submanifold 3^3 convs per level over occupied
-        neighbours only (what spconv computes), for GFLOP/s figures."""
-        return sum(cin * cout * (self.subm[lv].num_pairs + self.level_sizes[lv])
-                   for lv, convs in enumerate(convs_per_level) for cin, cout in convs)
-
 
 def bands(kind: str) -> int:
     """Number of output-row bands of a rulebook kind (submanifold rulebooks are banded by degree)."""

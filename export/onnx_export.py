@@ -12,6 +12,7 @@ import yaml
 
 from ssov_train.errors import ConfigError, DataError
 from ssov_train.io import write_bytes_atomic, write_text_atomic
+from ssov_train.training.checkpoint import load_model
 
 from .engine import sample_shapes
 from .kernel_maps import build_kernel_maps
@@ -38,22 +39,6 @@ class Parity:
     def __str__(self) -> str:
         return (f"{self.num_voxels} voxels: max |logit diff| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), "
                 f"labels identical {100 * self.label_agreement:.3f}% (>= {100 * MIN_LABEL_AGREEMENT:g}%)")
-
-
-def load_model(checkpoint: str | Path):
-    """(eval-mode MinkUNet, checkpoint dict) from an ssov-checkpoint."""
-    from ssov_train.models import MinkUNet, MinkUNetConfig
-    from ssov_train.training.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    if "model" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(f"{checkpoint}: no model config / weights: not a model checkpoint")
-    model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ConfigError(f"{checkpoint}: weights do not fit the model described in the file: {exc}") from exc
-    return model.eval(), ckpt
 
 
 def sample_scan(spec, sample_dir: Path = SAMPLE_DIR):
@@ -92,15 +77,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, has_classes: bool = Tr
     return Parity(len(reference), diff, agree)
 
 
-def check_parity(package: str | Path, model, vox, threads: Optional[int] = None,
+def check_parity(package: str | Path, reference: np.ndarray, vox, threads: Optional[int] = None,
                  graph: str = "auto") -> Parity:
-    """Run ``package`` in onnxruntime on ``vox`` (its cpu graph, or ``graph="portable"``) and compare with the
-    spconv model."""
+    """Run ``package`` in onnxruntime on ``vox`` (its cpu graph, or ``graph="portable"``) and compare with
+    ``reference``, the spconv model's logits on ``vox`` (:func:`spconv_logits`, computed once for all graphs)."""
     from .onnx_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(package, threads=threads, graph=graph)
     out = backend.run(vox.features, vox.coords, vox.spatial_shape)
-    return compare(spconv_logits(model, vox), out, backend.spec.has_classes)
+    return compare(reference, out, backend.spec.has_classes)
 
 
 def _versions() -> dict[str, str]:
@@ -126,8 +111,9 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     model, ckpt = load_model(checkpoint)
     spec = ModelSpec.from_checkpoint(ckpt, str(checkpoint))
     vox = sample_scan(spec, sample_dir)
-    chunks = build_kernel_maps(vox.coords).chunks()  # chunk lengths sized on a real sweep, frozen in the graph
-    shapes = sample_shapes(build_kernel_maps(vox.coords, chunks).inputs())
+    maps = build_kernel_maps(vox.coords)
+    chunks = maps.chunks()  # chunk lengths sized on a real sweep, frozen in the graph
+    shapes = sample_shapes(maps.inputs())
     if profile is None:
         opt = int(vox.num_voxels)
         profile = (min(1024, opt), opt, 4 * opt)
@@ -159,8 +145,9 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     if check:
         sidecar_tmp = out / SIDECAR_FILE
         write_text_atomic(sidecar_tmp, yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
-        parity = check_parity(out, model, vox)  # the cpu graph
-        portable = check_parity(out, model, vox, graph="portable")  # the graph TensorRT will be built from
+        reference = spconv_logits(model, vox)
+        parity = check_parity(out, reference, vox)  # the cpu graph
+        portable = check_parity(out, reference, vox, graph="portable")  # the graph TensorRT will be built from
         sidecar["parity"] = {"sample_voxels": parity.num_voxels, "max_abs_diff": parity.max_abs_diff,
                              "label_agreement": parity.label_agreement,
                              "portable_max_abs_diff": portable.max_abs_diff,

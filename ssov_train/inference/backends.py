@@ -95,10 +95,9 @@ class TorchBackend(Backend):
     def __init__(self, path: str | Path, device: str = "cpu", threads: Optional[int] = None):
         import torch
 
-        from ..models.minkunet import MinkUNet, MinkUNetConfig
-        from ..training.checkpoint import load_checkpoint
+        from ..training.checkpoint import load_model
 
-        ckpt = load_checkpoint(path)
+        model, ckpt = load_model(path)
         self.spec = ModelSpec.from_checkpoint(ckpt, str(path))
         self.path = Path(path)
         if threads:
@@ -106,11 +105,7 @@ class TorchBackend(Backend):
         if device != "cpu" and not torch.cuda.is_available():
             raise ConfigError(f"torch backend: device {device!r} requested but CUDA is not available")
         self.device = torch.device(device)
-        self.model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
-        try:
-            self.model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise ConfigError(f"{path}: weights do not fit the model described in the file: {exc}") from exc
+        self.model = model
         self.model.to(self.device).eval()
 
     def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:

@@ -46,6 +46,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+def class_probs(logits: np.ndarray) -> np.ndarray:
+    """(V, C) class probabilities of per-voxel logits, class 0 ("ignore") suppressed: what every inference
+    path predicts from."""
+    logits = np.array(logits, dtype=np.float32)
+    logits[:, 0] = IGNORE_LOGIT
+    return softmax(logits)
+
+
 class Segmenter:
     """Wraps a :class:`Backend` with the input features, the voxelizer and AFI.
 
@@ -122,9 +130,7 @@ class Segmenter:
         if not self.spec.has_classes:
             return Inferred(xyz, None, out[vox.point_to_voxel], vox.num_voxels, timings)
         t = time.perf_counter()
-        logits = np.array(out, dtype=np.float32)
-        logits[:, 0] = IGNORE_LOGIT
-        probs = softmax(logits)[vox.point_to_voxel]
+        probs = class_probs(out)[vox.point_to_voxel]
         timings["softmax"] = _ms(t)
         return Inferred(xyz, probs, None, vox.num_voxels, timings)
 

@@ -90,6 +90,22 @@ def load_checkpoint(path: str | Path, expect: Optional[dict[str, Any]] = None) -
     return ckpt
 
 
+def load_model(path: str | Path, expect: Optional[dict[str, Any]] = None):
+    """(eval-mode MinkUNet with the file's weights, checkpoint dict): what evaluation, the torch backend and
+    export build from an ssov-checkpoint."""
+    from ..models import MinkUNet, MinkUNetConfig
+
+    ckpt = load_checkpoint(path, expect)
+    if "model" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"{path}: no model config / weights: not a model checkpoint")
+    model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ConfigError(f"{path}: weights do not fit the model described in the file: {exc}") from exc
+    return model.eval(), ckpt
+
+
 def rng_state() -> dict:
     """The global RNG state a resumed run restores (data randomness is derived from seeds, see data.py)."""
     return {"torch": torch.get_rng_state()}

@@ -23,17 +23,17 @@ from ..config import to_dict
 from ..data import DatasetConfig, open_dataset
 from ..errors import ConfigError, DataError
 from ..geometry.voxelize import VoxelConfig
+from ..inference.segmenter import IGNORE_LOGIT
 from ..losses import SegmentationLoss, TMPLoss
 from ..models import MinkUNet, MinkUNetConfig
 from ..pipeline import TeacherConfig
 from ..vocab import ClassDictionary, load_dictionary
-from .checkpoint import load_checkpoint
+from .checkpoint import check_expected, load_checkpoint, load_model
 from .data import (AugmentConfig, InputFeature, ScanDataset, VoxelBatch, collate_scans, hold_out_scenes,
                    skip_tokens, superpoint_tokens)
 
 Stage = Literal["pretrain", "annotation_free", "downstream"]
 HEAD_PREFIX = "final."  # the 1x1 classifier / projection head of MinkUNet
-IGNORE_LOGIT = -1e6  # the reference's class-0 logit at inference: class 0 is never predicted
 
 
 @dataclass
@@ -281,38 +281,30 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     from tqdm import tqdm
 
     from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
-    from ..inference import open_backend
-    from ..inference.segmenter import softmax
+    from ..inference import ModelSpec, open_backend
+    from ..inference.backends import default_backend
+    from ..inference.segmenter import class_probs
 
     dictionary = load_dictionary(cfg.vocabulary)
-    batched = backend == "auto" and Path(checkpoint_path).suffix == ".pt"
+    expect = checkpoint_expectations(cfg, dictionary)
+    batched = backend == "auto" and default_backend(checkpoint_path) == "torch"
     if batched:
-        ckpt = load_checkpoint(checkpoint_path, checkpoint_expectations(cfg, dictionary))
-        if ckpt.get("stage") == "pretrain":
-            raise ConfigError(f"checkpoint {checkpoint_path} is a TMP pre-training checkpoint (features, no classes); "
-                              "evaluate an annotation-free or downstream checkpoint")
-        model = MinkUNet(MinkUNetConfig(**ckpt["model"]))
-        model.load_state_dict(ckpt["state_dict"])
-        stage = ckpt.get("stage")
+        model, ckpt = load_model(checkpoint_path, expect)
+        spec = ModelSpec.from_checkpoint(ckpt, str(checkpoint_path))
     else:  # one scan at a time through a named backend (the node's path)
         engine = open_backend(checkpoint_path, backend)
         spec = engine.spec
-        mismatch = [k for k, ours, theirs in (("class_names", tuple(dictionary.class_names), spec.class_names),
-                                              ("voxel", cfg.voxel, spec.voxel),
-                                              ("input_fields", (cfg.feature,), spec.input_fields)) if ours != theirs]
-        if not spec.has_classes or mismatch:
-            raise ConfigError(f"{checkpoint_path} does not fit this evaluation config: "
-                              + ("a feature (TMP) model, no classes" if not spec.has_classes else
-                                 f"different {', '.join(mismatch)}"))
-        stage = spec.stage
+        check_expected(spec.to_dict(), expect, str(checkpoint_path))
 
         def predict_scans(scans):
             for scan in scans:
-                logits = engine.run(scan.features, scan.coords, scan.spatial_shape)
-                logits[:, 0] = IGNORE_LOGIT
-                probs = softmax(logits)
+                probs = class_probs(engine.run(scan.features, scan.coords, scan.spatial_shape))
                 yield scan, probs.argmax(1)[scan.point_to_voxel], probs[scan.point_to_voxel]
 
+    if not spec.has_classes:
+        raise ConfigError(f"{checkpoint_path} is a TMP pre-training model (features, no classes); evaluate an "
+                          "annotation-free or downstream model")
+    stage = spec.stage
     reader = open_dataset(cfg.dataset, dictionary)
     dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), cfg.voxel, cfg.feature, label_source="gt",
                           keep_points=True)
