@@ -44,8 +44,13 @@ def ensemble_prompts(features_3d: np.ndarray, features_2d: np.ndarray, has_2d: n
 
     Returns (N,) prompts and (N,) bool "the 2D feature won".  Points without a 2D feature use the 3D one.
     """
-    p3, s3 = classify(features_3d, text_embeddings)
-    p2, s2 = classify(features_2d, text_embeddings)
+    return _ensemble(classify(features_3d, text_embeddings), classify(features_2d, text_embeddings), has_2d)
+
+
+def _ensemble(best_3d: tuple[np.ndarray, np.ndarray], best_2d: tuple[np.ndarray, np.ndarray],
+              has_2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ensemble_prompts` from both features' :func:`classify` results."""
+    (p3, s3), (p2, s2) = best_3d, best_2d
     use_2d = np.asarray(has_2d, bool) & (s2 > s3)
     return np.where(use_2d, p2, p3), use_2d
 
@@ -84,13 +89,16 @@ def evaluate_open_vocabulary(segmenter, reader, tokens: Sequence[str], fused_dir
             f2, has = np.zeros((frame.num_points, text_embeddings.shape[1]), np.float32), np.zeros(frame.num_points, bool)
         covered += int(has.sum())
         total += frame.num_points
+        # each feature set is classified once per scan, whichever modes use it
+        best_3d = classify(f3, text_embeddings) if f3 is not None else None
+        best_2d = classify(f2, text_embeddings) if set(modes) != {"distill"} else None
         for mode, acc in accs.items():
             if mode == "fusion":
-                pred = np.where(has, prompt_to_eval[classify(f2, text_embeddings)[0]], 0)
+                pred = np.where(has, prompt_to_eval[best_2d[0]], 0)
             elif mode == "distill":
-                pred = prompt_to_eval[classify(f3, text_embeddings)[0]]
+                pred = prompt_to_eval[best_3d[0]]
             else:
-                prompts, use_2d = ensemble_prompts(f3, f2, has, text_embeddings)
+                prompts, use_2d = _ensemble(best_3d, best_2d, has)
                 won_2d += int(use_2d.sum())
                 pred = prompt_to_eval[prompts]
             acc.add_scan(token, frame.points, frame.labels, pred)

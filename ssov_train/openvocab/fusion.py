@@ -79,7 +79,7 @@ def fuse_frame(frame: Frame, teacher: TeacherSource, projection: ProjectionConfi
             idx, feats = proj.point_index, out.dense_features[r, c]
         if sums is None:
             sums = np.zeros((n, feats.shape[1]), np.float64)
-        np.add.at(sums, idx, feats.astype(np.float64))
+        sums[idx] += feats  # a camera sees each point at most once (idx is unique), as views[idx] += 1 assumes
         views[idx] += 1
     seen = np.flatnonzero(views > 0)
     if sums is None or not len(seen):

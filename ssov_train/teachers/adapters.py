@@ -122,7 +122,7 @@ def text_table(text: np.ndarray, num_prompts: int, void_row: bool, what: str) ->
 def convert_catseg(out: dict, num_prompts: int) -> TeacherImage:
     mask_ids, prompts, scores = class_regions(_np(out["sem_seg"]), num_prompts)
     features = pooled_features(mask_ids, _np(out["image_embed"]), len(prompts))
-    return TeacherImage(mask_ids=_mask_dtype(mask_ids), prompt_ids=prompts, scores=scores, features=features)
+    return TeacherImage(mask_ids=mask_ids, prompt_ids=prompts, scores=scores, features=features)
 
 
 def convert_san(out: dict, num_prompts: int) -> TeacherImage:
@@ -130,7 +130,7 @@ def convert_san(out: dict, num_prompts: int) -> TeacherImage:
     class_embed = _np(out["image_emb"])
     if class_embed.ndim != 2 or class_embed.shape[0] < num_prompts:
         raise DataError(f"SAN image_emb must be (P >= {num_prompts}, D), got {class_embed.shape}")
-    return TeacherImage(mask_ids=_mask_dtype(mask_ids), prompt_ids=prompts, scores=scores,
+    return TeacherImage(mask_ids=mask_ids, prompt_ids=prompts, scores=scores,
                         features=_normalise(class_embed[prompts]))
 
 
@@ -151,7 +151,7 @@ def convert_fcclip(out: dict, num_prompts: int, fcclip_features: str = "out_voca
         raise DataError(f"FC-CLIP {fcclip_features} features must be (K+1 = {k + 1}, D), got {feats.shape}")
     prompts = np.array([int(s["category_id"]) for s in segments], np.int32)
     scores = np.array([float(s.get("score", 1.0)) for s in segments], np.float32)
-    return TeacherImage(mask_ids=_mask_dtype(seg), prompt_ids=prompts, scores=np.clip(scores, 0, 1),
+    return TeacherImage(mask_ids=seg, prompt_ids=prompts, scores=np.clip(scores, 0, 1),
                         features=_normalise(feats[1:]))
 
 
@@ -162,10 +162,6 @@ TEXT_KEYS = {"catseg": "text_embed", "san": "text_emb", "fcclip": "text_embeddin
 
 def _np(x) -> np.ndarray:
     return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def _mask_dtype(mask_ids: np.ndarray) -> np.ndarray:
-    return mask_ids.astype(np.uint8 if mask_ids.max(initial=0) < 256 else np.uint16)
 
 
 # ---- loading the released models (GPU machines with the upstream code) -------------------------------------

@@ -286,11 +286,12 @@ class OpenClipTeacher:
         min_area = self.cfg.min_mask_area * h * w
         for p in np.unique(pred):  # sorted: mask ids follow prompt order, then scan order
             regions, n = ndimage.label(pred == p, structure=_EIGHT_CONNECTED)
-            areas = np.bincount(regions.ravel(), minlength=n + 1)
-            for r in range(1, n + 1):
-                if areas[r] >= max(min_area, 1):
-                    prompts.append(int(p))
-                    mask_ids[regions == r] = len(prompts)
+            keep = np.bincount(regions.ravel(), minlength=n + 1) >= max(min_area, 1)
+            keep[0] = False
+            ids = np.zeros(n + 1, np.int64)  # region -> mask id (0: too small), relabelled in one pass
+            ids[keep] = len(prompts) + np.arange(1, int(keep.sum()) + 1)
+            mask_ids = np.where(regions > 0, ids[regions], mask_ids)
+            prompts += [int(p)] * int(keep.sum())
         k = len(prompts)
         ids = torch.from_numpy(mask_ids.ravel()).to(flat.device)
         sums = torch.zeros(k + 1, flat.shape[1], device=flat.device).index_add_(0, ids, flat)
@@ -299,6 +300,6 @@ class OpenClipTeacher:
         prob_sum = np.bincount(mask_ids.ravel(), weights=best_prob.cpu().numpy().astype(np.float64), minlength=k + 1)[1:]
         scores = (prob_sum / np.maximum(area, 1)).astype(np.float32)
         dense = grid.permute(1, 2, 0).cpu().numpy().astype(np.float16) if self.cfg.store_dense_features else None
-        return TeacherImage(mask_ids=mask_ids.astype(np.uint16 if k >= 256 else np.uint8),
+        return TeacherImage(mask_ids=mask_ids,
                             prompt_ids=np.asarray(prompts, np.int32), scores=scores,
                             features=features.astype(np.float32), dense_features=dense)
