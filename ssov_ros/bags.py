@@ -16,6 +16,7 @@ rosbag2 version 9 directories with MCAP storage and zstd-compressed chunks (what
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -134,11 +135,25 @@ def _open_reader(path: Path):
     return reader
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator:
+    """An open reader of the bag at ``path``; whatever a broken bag raises while it is read becomes one
+    DataError naming the bag, and the reader is closed in every case."""
+    reader = _open_reader(path)
+    try:
+        yield reader
+    except DataError:
+        raise
+    except Exception as exc:  # rosbags raises ReaderError, yaml, sqlite, zstd and struct errors for broken bags
+        raise _bag_error(path, exc) from None
+    finally:
+        reader.close()
+
+
 def bag_info(path: str | Path) -> BagInfo:
     """Topics (type, count, recorded QoS), time span and message count of a bag; DataError if unreadable."""
     path = Path(path)
-    reader = _open_reader(path)
-    try:
+    with _reading(path) as reader:
         topics: dict[str, TopicInfo] = {}
         for conn in reader.connections:
             profiles = getattr(conn.ext, "offered_qos_profiles", None)  # absent in ROS 1 / older bags
@@ -148,12 +163,6 @@ def bag_info(path: str | Path) -> BagInfo:
                 raise DataError(f"bag {path}: topic {conn.topic} has two types ({prev.msgtype}, {conn.msgtype})")
             topics[conn.topic] = TopicInfo(conn.topic, conn.msgtype, (prev.count if prev else 0) + conn.msgcount, qos)
         return BagInfo(path, topics, reader.start_time, reader.end_time, reader.message_count)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise _bag_error(path, exc) from None
-    finally:
-        reader.close()
 
 
 def read_messages(path: str | Path, topics: Optional[Iterable[str]] = None) -> Iterator[tuple[str, str, int, bytes]]:
@@ -163,8 +172,7 @@ def read_messages(path: str | Path, topics: Optional[Iterable[str]] = None) -> I
     nothing).
     """
     path = Path(path)
-    reader = _open_reader(path)
-    try:
+    with _reading(path) as reader:
         conns = reader.connections
         if topics is not None:
             wanted = set(topics)
@@ -173,15 +181,8 @@ def read_messages(path: str | Path, topics: Optional[Iterable[str]] = None) -> I
                 raise DataError(f"bag {path}: no topic {', '.join(missing)} (topics: "
                                 f"{', '.join(sorted({c.topic for c in conns}))})")
             conns = [c for c in conns if c.topic in wanted]
-        try:
-            for conn, t_ns, raw in reader.messages(connections=conns):
-                yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
-        except DataError:
-            raise
-        except Exception as exc:
-            raise _bag_error(path, exc) from None
-    finally:
-        reader.close()
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
 
 
 def first_message(path: str | Path, topic: str):

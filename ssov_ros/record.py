@@ -9,6 +9,7 @@ directory appears only when recording ends cleanly (:class:`ssov_ros.bags.BagWri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -23,16 +24,11 @@ from .replay import message_class, rclpy_qos, split_ros_args
 
 def publishers_qos(node, topic: str) -> Optional[QosSpec]:
     """QoS that matches every current publisher of ``topic``; None while it has none."""
-    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-
     infos = node.get_publishers_info_by_topic(topic)
     if not infos:
         return None
-    best_effort = any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos)
-    latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
-    depth = max(int(i.qos_profile.depth) for i in infos) or 10
-    return QosSpec("best_effort" if best_effort else "reliable", "transient_local" if latched else "volatile",
-                   max(depth, 10))
+    spec = QosSpec.from_rosbags([i.qos_profile for i in infos])  # the same merge rule as for recorded profiles
+    return dataclasses.replace(spec, depth=max(spec.depth, 10))
 
 
 class Recorder:

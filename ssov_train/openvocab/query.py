@@ -26,6 +26,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..io import NPZ_READ_ERRORS, save_npz_atomic
 from ..vocab import ClassDictionary, load_dictionary
 
 TABLE_FORMAT = "ssov-text-embeddings"
@@ -106,8 +107,6 @@ class EmbeddingTable:
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
     def save(self, path: str | Path) -> Path:
-        from ..io import save_npz_atomic
-
         save_npz_atomic(path, texts=np.array(self.texts), embeddings=self.embeddings, format=np.array(TABLE_FORMAT))
         return Path(path)
 
@@ -124,7 +123,7 @@ class EmbeddingTable:
                 return cls([str(t) for t in z["texts"]], z["embeddings"], str(path))
         except FileNotFoundError:
             raise DataError(f"embedding table not found: {path}") from None
-        except (KeyError, ValueError, OSError) as e:
+        except NPZ_READ_ERRORS as e:
             raise DataError(f"embedding table {path} is unreadable ({e})") from None
 
     @classmethod
