@@ -27,14 +27,14 @@ def ensure_engine(pkg: ModelPackage, precision: str = "fp16", cache_dir: Optiona
     """Path of a valid engine for ``pkg`` on this machine, built (and recorded) when needed."""
     from . import trt_api
 
-    problems = eng.check_onnx(_load_onnx(pkg))
-    if problems:
-        raise DataError(f"{pkg.onnx_path} is not TensorRT-ready: {'; '.join(problems)}")
     key = eng.make_key(pkg, *trt_api.runtime_info(), precision)
     path = eng.engine_path(pkg, key, cache_dir)
     rebuild, why = eng.decide(path, key)
     log(f"tensorrt: {why}")
-    if rebuild or force:
+    if rebuild or force:  # a cached engine that matches was built from this very ONNX (its sha256 is in the key)
+        problems = eng.check_onnx(_load_onnx(pkg))
+        if problems:
+            raise DataError(f"{pkg.onnx_path} is not TensorRT-ready: {'; '.join(problems)}")
         profiles = eng.derive_profiles(pkg)
         log(f"tensorrt: building {precision} engine (voxels {pkg.profile['num_voxels']}) -> {path}")
         data, seconds = trt_api.build_engine(pkg.onnx_path, profiles, precision)

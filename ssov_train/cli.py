@@ -67,7 +67,8 @@ def cmd_fuse(args) -> int:
 
     stage = _load_stage(args)
     out = Path(args.out)
-    result = run_fusion(stage.reader, stage.tokens(), stage.teacher(), out,
+    tokens, teacher = stage.tokens(), stage.teacher()  # each call re-lists the split / re-opens the teacher
+    result = run_fusion(stage.reader, tokens, teacher, out,
                         FusionRun(source=args.source, projection=stage.cfg.projection), split=stage.cfg.dataset.split,
                         shard=args.shard, overwrite=args.overwrite)
     print(f"fused features: {len(result.done)} computed, {len(result.skipped)} already present, "
@@ -76,12 +77,12 @@ def cmd_fuse(args) -> int:
         from .inference import Segmenter, open_backend
         from .openvocab.ensemble import evaluate_open_vocabulary
 
-        text = stage.teacher().text_embeddings()
+        text = teacher.text_embeddings()
         if text is None:
             from .errors import DataError
 
             raise DataError(f"teacher outputs at {stage.cfg.teacher.root} have no text embeddings to classify with")
-        results = evaluate_open_vocabulary(Segmenter(open_backend(args.evaluate)), stage.reader, stage.tokens(), out,
+        results = evaluate_open_vocabulary(Segmenter(open_backend(args.evaluate)), stage.reader, tokens, out,
                                            text, stage.dictionary, out / f"eval_{stage.cfg.dataset.split}")
         for mode, m in results.items():
             miou = m["miou"]
