@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import yaml
 
+from ssov_train.config import nest_dotted
 from ssov_train.errors import SsovError
 from ssov_train.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -48,17 +49,6 @@ DEFAULT_MODEL = REPO / DEFAULT_NODE_MODEL  # the exported package (`make export`
 
 def overlay_topic(camera: str) -> str:
     return f"/{NODE}/output/{camera}/overlay"
-
-
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        d = out
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = value
-    return out
 
 
 def node_command(params_files: Sequence[Path], cameras: Sequence[str]) -> list[str]:
@@ -257,8 +247,8 @@ def run_bag(bag: Path, out: Path, model: Path, rate: float, max_sweeps: int = 0,
         width = first_message(bag, camera_info_topic(cameras[0]))[1].width
         calib["cameras.point_radius"] = 2 if width >= 800 else 1
     params = out / "node_params.yaml"
-    write_text_atomic(params, yaml.safe_dump({"/**": {"ros__parameters": _nest({**calib, "model.path": str(model)})}},
-                                             sort_keys=False))
+    node_params = nest_dotted({**calib, "model.path": str(model)})
+    write_text_atomic(params, yaml.safe_dump({"/**": {"ros__parameters": node_params}}, sort_keys=False))
     log_path = out / "node.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(node_command([REPO / "config" / "ssov_node.yaml", params], cameras),

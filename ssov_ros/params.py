@@ -18,7 +18,7 @@ import yaml
 
 from export.package import ONNX_FILE, SIDECAR_FILE
 from ssov_train.afi import AFIConfig, TemporalConfig
-from ssov_train.config import from_dict
+from ssov_train.config import from_dict, nest_dotted
 from ssov_train.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,15 +192,12 @@ def field_types() -> dict[str, Any]:
 
 def from_flat(values: dict[str, Any], source: str = "parameters") -> NodeConfig:
     """NodeConfig from dotted names (as ROS gives them); unknown names and wrong types raise ConfigError."""
-    nested: dict[str, Any] = {}
-    for name, value in values.items():
-        head, _, tail = name.partition(".")
-        if not tail:
+    for name in values:
+        if "." not in name:
             raise ConfigError(f"{source}: unknown parameter {name!r}")
-        nested.setdefault(head, {})[tail] = list(value) if isinstance(value, tuple) else value
-    cfg = from_dict(NodeConfig, nested, source)
-    cfg.check()
-    return cfg
+    # from_dict checks the result (NodeConfig.check) as it builds it
+    return from_dict(NodeConfig, nest_dotted({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}),
+                     source)
 
 
 def load_params_file(path: str | Path, node_name: str = "ssov_segmenter") -> NodeConfig:
@@ -217,17 +214,7 @@ def load_params_file(path: str | Path, node_name: str = "ssov_segmenter") -> Nod
             break
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: no '/**' or '{node_name}' section with ros__parameters")
-    flat: dict[str, Any] = {}
-
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[prefix + k] = v
-
-    walk(section, "")
-    return from_flat(flat, str(path))
+    return from_dict(NodeConfig, section, str(path))
 
 
 def resolve_model_path(path: str) -> Path:

@@ -123,6 +123,18 @@ def from_dict(cls: type[T], data: dict, source: str = "") -> T:
         raise ConfigError(f"{source}: {e}" if source else str(e)) from None
 
 
+def nest_dotted(flat: dict[str, Any], into: Optional[dict] = None) -> dict:
+    """Dotted names (``optim.lr``) as nested mappings, set into ``into`` (a new dict if None) and returned."""
+    out = {} if into is None else into
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
 def load_config(cls: type[T], path: str | Path, overrides: Optional[dict] = None) -> T:
     """Read a YAML file into ``cls``; ``overrides`` (dotted keys -> values) are applied first."""
     p = Path(path)
@@ -134,13 +146,7 @@ def load_config(cls: type[T], path: str | Path, overrides: Optional[dict] = None
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return from_dict(cls, data, str(p))
+    return from_dict(cls, nest_dotted(overrides or {}, data), str(p))
 
 
 def to_dict(obj) -> dict:
