@@ -3,23 +3,20 @@ the CUDA execution provider: the portable graph)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from ssov_train.errors import ConfigError, DataError
-from ssov_train.inference.backends import Backend
 
-from .kernel_maps import build_kernel_maps
-from .package import load_package
+from .package import PackageBackend
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 GRAPHS = ("auto", "portable", "cpu")
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(PackageBackend):
     """``open_backend(pkg, "onnxruntime", device="cpu"|"cuda", threads=N, graph="auto"|"portable"|"cpu")``.
 
     ``graph="auto"`` runs the package's cpu-flavour graph on CPU with one intra-op thread when ``threads`` is
@@ -35,8 +32,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | Path, device: str = "cpu", threads: Optional[int] = None, graph: str = "auto"):
         import onnxruntime as ort
 
-        self.package = load_package(path)
-        self.spec = self.package.spec
+        super().__init__(path)
         if device not in PROVIDERS:
             raise ConfigError(f"onnxruntime backend: device must be one of {sorted(PROVIDERS)}, got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -64,20 +60,12 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = int(threads)
         self.device = device
         self.session = ort.InferenceSession(str(onnx_path), options, providers=PROVIDERS[device])
-        self.last_timings_ms: dict[str, float] = {}
 
-    def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
-        t = time.perf_counter()
-        maps = build_kernel_maps(coords, self.package.chunks, self.flavour)
-        t_maps = time.perf_counter()
-        feeds = {"features": np.ascontiguousarray(features, dtype=np.float32), **maps.inputs()}
+    def _execute(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:
-            out = self.session.run(["logits"], feeds)[0]
+            return self.session.run(["logits"], feeds)[0]
         except Exception as exc:  # onnxruntime raises its own exception types for bad shapes / dtypes
-            raise DataError(f"onnxruntime failed on a scan of {len(features)} voxels: {exc}") from exc
-        t_end = time.perf_counter()
-        self.last_timings_ms = {"kernel_maps": (t_maps - t) * 1e3, "network": (t_end - t_maps) * 1e3}
-        return out
+            raise DataError(f"onnxruntime failed on a scan of {len(feeds['features'])} voxels: {exc}") from exc
 
     def describe(self) -> str:
         return f"onnxruntime ({self.device}, {self.flavour} graph, {self.package.root.name})"

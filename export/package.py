@@ -16,14 +16,20 @@ The sha256s are checked on every load: an ONNX file that does not match its side
 from __future__ import annotations
 
 import hashlib
+import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from ssov_train.errors import ConfigError, DataError
+from ssov_train.inference.backends import Backend
 from ssov_train.inference.spec import ModelSpec
+
+from .kernel_maps import build_kernel_maps
 
 FORMAT_NAME = "ssov-model-package"
 FORMAT_VERSION = 1
@@ -115,3 +121,30 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
                 raise DataError(f"{path}: sha256 {actual[:12]}... does not match the sidecar's {expected[:12]}...: "
                                 "the ONNX file was modified or replaced; re-export it")
     return pkg
+
+
+class PackageBackend(Backend):
+    """What every backend of a model package shares: the package (spec, chunk lengths) and one :meth:`run`:
+    kernel maps by our own preprocessing (flavour :attr:`flavour`), then the graph (:meth:`_execute`).
+    ``last_timings_ms`` holds the kernel-map and network times of the last run (the Segmenter reports them)."""
+
+    flavour = "portable"
+
+    def __init__(self, path: str | Path):
+        self.package = load_package(path)
+        self.spec = self.package.spec
+        self.chunks = self.package.chunks  # read once: the property rebuilds the dict
+        self.last_timings_ms: dict[str, float] = {}
+
+    def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
+        t = time.perf_counter()
+        maps = build_kernel_maps(coords, self.chunks, self.flavour)
+        feeds = {"features": np.ascontiguousarray(features, dtype=np.float32), **maps.inputs()}
+        t_maps = time.perf_counter()
+        out = self._execute(feeds)
+        self.last_timings_ms = {"kernel_maps": (t_maps - t) * 1e3, "network": (time.perf_counter() - t_maps) * 1e3}
+        return out
+
+    @abstractmethod
+    def _execute(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's logits (V, C) for the feeds (features and kernel-map inputs)."""

@@ -7,19 +7,16 @@ match.  ``ssov-export engine PKG [--fp16] [--build-only]`` does the same from th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from ssov_train.errors import DataError
-from ssov_train.inference.backends import Backend
 from ssov_train.io import write_bytes_atomic
 
 from . import engine as eng
-from .kernel_maps import build_kernel_maps
-from .package import ModelPackage, load_package
+from .package import ModelPackage, PackageBackend
 
 
 def ensure_engine(pkg: ModelPackage, precision: str = "fp16", cache_dir: Optional[Path] = None,
@@ -50,30 +47,22 @@ def _load_onnx(pkg: ModelPackage):
     return onnx.load(str(pkg.onnx_path), load_external_data=False)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(PackageBackend):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, precision: str = "fp16", cache_dir: Optional[str | Path] = None,
                  **_ignored):
         from . import trt_api
 
-        self.package = load_package(path)
-        self.spec = self.package.spec
+        super().__init__(path)
         self.precision = precision
         self.profiles = eng.derive_profiles(self.package)
         self.engine_path = ensure_engine(self.package, precision, Path(cache_dir) if cache_dir else None)
         self.runner = trt_api.EngineRunner(self.engine_path.read_bytes())
-        self.last_timings_ms: dict[str, float] = {}
 
-    def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
-        t = time.perf_counter()
-        maps = build_kernel_maps(coords, self.package.chunks)
-        feeds = {"features": np.ascontiguousarray(features, dtype=np.float32), **maps.inputs()}
+    def _execute(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         eng.check_shapes(self.profiles, feeds)
-        t_maps = time.perf_counter()
-        out = self.runner.run(feeds)
-        self.last_timings_ms = {"kernel_maps": (t_maps - t) * 1e3, "network": (time.perf_counter() - t_maps) * 1e3}
-        return out
+        return self.runner.run(feeds)
 
     def describe(self) -> str:
         return f"tensorrt ({self.precision}, {self.engine_path.name})"

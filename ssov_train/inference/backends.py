@@ -37,6 +37,8 @@ class Backend(ABC):
 
     name: str = "?"
     spec: ModelSpec
+    # stages a backend times inside run() besides the network (export's kernel maps); replaced, never mutated
+    last_timings_ms: dict[str, float] = {}
 
     @abstractmethod
     def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
