@@ -72,7 +72,6 @@ def main() -> int:
         seg = Segmenter(backend, afi=AFIConfig(), temporal=TemporalConfig(history=history))
         poses = [np.eye(4)] * args.frames if history else [None] * args.frames
         stages = seg.segment(xyz, intensity).timings_ms  # warm: arenas, AFI tables
-        seg.warm_up()
         times = {"serial": [], "pipelined": []}
         for _ in tqdm(range(args.repeats), desc=name, unit="repeat"):
             ms_s, labels_s = serial(seg, xyz, intensity, poses)

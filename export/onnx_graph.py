@@ -102,8 +102,10 @@ class _Graph:
         w = self.op("Gather", [self.const(f"{hint}_w", stack), f"{rulebook}_kernel"], f"{hint}_wsel", axis=0)
         m = self.op("MatMul", [g, w], f"{hint}_msg")
         m = self.op("Reshape", [m, self.const("shape", np.array([-1, cout], np.int64))], f"{hint}_flat")
-        if rulebook.startswith("subm") and self.flavour == "cpu":
+        cpu_subm = rulebook.startswith("subm") and self.flavour == "cpu"
+        if centre or cpu_subm:  # the centre tap (+ bias) as one Gemm over all sites
             c = self.op("Gemm", [x, self.const(f"{hint}_wc", stack[SUBM_CENTER]), self.const(f"{hint}_b", bias)])
+        if cpu_subm:
             return self.op("ScatterND", [c, self.slot_rows(rulebook), m], f"{hint}_out", reduction="add")
         if rulebook.startswith("up"):  # one parent per fine site: a plain gather, nothing to sum
             collected = self.op("Gather", [m, f"{rulebook}_out0"], f"{hint}_collect", axis=0)
@@ -113,7 +115,6 @@ class _Graph:
             collected = sums[0] if len(sums) == 1 else self.op("Concat", sums, f"{hint}_bands", axis=1)
         o = self.op("Reshape", [collected, self.const("shape", np.array([-1, cout], np.int64))], f"{hint}_rows")
         if centre:
-            c = self.op("Gemm", [x, self.const(f"{hint}_wc", stack[SUBM_CENTER]), self.const(f"{hint}_b", bias)])
             return self.op("Add", [o, c], f"{hint}_out")
         return self.op("Add", [o, self.const(f"{hint}_b", bias)], f"{hint}_out")
 
