@@ -157,7 +157,9 @@ def bag_info(path: str | Path) -> BagInfo:
         topics: dict[str, TopicInfo] = {}
         for conn in reader.connections:
             profiles = getattr(conn.ext, "offered_qos_profiles", None)  # absent in ROS 1 / older bags
-            qos = QosSpec.from_rosbags(profiles) if profiles else default_qos(conn.topic, conn.msgtype)
+            # /tf_static is latched whatever it was recorded with: a late subscriber still needs the calibration
+            latched = conn.topic == "/tf_static"
+            qos = QosSpec.from_rosbags(profiles) if profiles and not latched else default_qos(conn.topic, conn.msgtype)
             prev = topics.get(conn.topic)
             if prev is not None and prev.msgtype != conn.msgtype:
                 raise DataError(f"bag {path}: topic {conn.topic} has two types ({prev.msgtype}, {conn.msgtype})")

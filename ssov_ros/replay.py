@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from ssov_train.errors import SsovError
 
-from .bags import LATCHED_QOS, BagInfo, QosSpec, bag_info, read_messages, replay_schedule
+from .bags import BagInfo, QosSpec, bag_info, read_messages, replay_schedule
 
 
 def message_class(msgtype: str):
@@ -71,8 +71,7 @@ class Replayer:
             if cls is None:
                 self.skipped[topic] = t.msgtype
                 continue
-            qos = LATCHED_QOS if topic == "/tf_static" else t.qos
-            self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), rclpy_qos(qos))
+            self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), rclpy_qos(t.qos))
         if self.skipped:
             log(f"replay: skipping {', '.join(sorted(self.skipped))}: no Python module for "
                 f"{', '.join(sorted(set(self.skipped.values())))} in this environment")
