@@ -8,12 +8,14 @@ per frame on in-memory predictions, on CPU, without the reference's failure mode
   instead of raising, and ``ground='none'`` turns it off;
 * flat classes are class ids or names resolved through the class dictionary, not hard-coded 11..14;
 * centres are chosen by a deterministic sampler (exact FPS from point 0 as pointnet2 does, or a fast
-  voxel-grid sampler with the same spatial-coverage purpose, the default; see :func:`grid_sample`);
+  voxel-grid sampler with the same spatial-coverage purpose, the default; see
+  :func:`~ssov_train.geometry.sampling.grid_sample`);
 * the decoder skip weight of every level is an explicit parameter (the reference got 0.3 for the
   1365-point level only through an accidental ``N == 3 * S`` test);
-* the unused inverse-distance weights are gone; k-NN uses cKDTree (the decoder's, seeded by each point's
-  voxel centre, see :func:`_knn`), never dense N x S distances, and the pooling / interpolation sums are
-  sparse products; the last decoder step runs per 0.1 m cell by default (``AFIConfig.decoder_cell``);
+* the unused inverse-distance weights are gone; k-NN uses a k-d tree built over the sampler's voxels
+  (:class:`~ssov_train.geometry.kdtree.KDTree`; the decoder's is seeded by each point's voxel centre, see
+  :func:`_knn`), never dense N x S distances; the per-pair work runs in compiled loops (numba, one thread);
+  the last decoder step runs per 0.1 m cell by default (``AFIConfig.decoder_cell``);
 * a centre (and any exact duplicate of it) falls in no direction bin (the reference subtracted it from
   bin 0's count but left its class vector in bin 0's histogram);
 * a point whose input prediction is a real class never comes out as class 0 (all-zero distributions
@@ -33,8 +35,10 @@ from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.spatial import cKDTree
 
+from .geometry.kdtree import KDTree
+from .geometry.sampling import VoxelGroups, farthest_point_sample, grid_sample, group_by_voxel
+from .jit import fast_jit, inline, jit
 from .vocab import ClassDictionary, load_dictionary
 
 ClassSpec = Union[int, str]
@@ -155,120 +159,6 @@ def fibonacci_directions(n: int) -> np.ndarray:
     return np.stack([np.cos(theta) * r, y, np.sin(theta) * r], axis=1).astype(np.float32)
 
 
-# ---- centre sampling -----------------------------------------------------------------------------------
-# Hot paths work on separate contiguous x, y, z arrays: fancy indexing and arithmetic on them are several
-# times faster than on (N, 3) rows.
-
-def farthest_point_sample(points: np.ndarray, m: int, start: int = 0) -> np.ndarray:
-    """Exact farthest point sampling from point ``start`` (0, as pointnet2_ops); O(N * m), slow for big N."""
-    n = len(points)
-    if m >= n:
-        return np.arange(n)
-    x, y, z = np.ascontiguousarray(points.T, dtype=np.float32)
-    idx = np.empty(m, dtype=np.int64)
-    d = np.full(n, np.inf, dtype=np.float32)
-    cur = start
-    for i in range(m):
-        idx[i] = cur
-        np.minimum(d, (x - x[cur]) ** 2 + (y - y[cur]) ** 2 + (z - z[cur]) ** 2, out=d)
-        cur = int(np.argmax(d))
-    return idx
-
-
-def _argsort_keys(keys: np.ndarray) -> np.ndarray:
-    """Stable argsort of non-negative int64 keys; two 16-bit radix passes when the keys fit in 32 bits
-    (numpy radix-sorts 16-bit types: ~3x faster than a 64-bit merge sort, the same order)."""
-    if keys.size and int(keys.max()) < (1 << 32):
-        k32 = keys.astype(np.uint32)
-        order = np.argsort((k32 & np.uint32(0xFFFF)).astype(np.uint16), kind="stable")
-        return order.take(np.argsort((k32 >> np.uint32(16)).astype(np.uint16).take(order), kind="stable"))
-    return np.argsort(keys, kind="stable")
-
-
-_MIN_VOXEL = 1e-30  # metres; far below lidar precision, far above float32's overflow of 1 / size (~3e-39)
-
-
-def _voxel_keys(pt: np.ndarray, size: float, compact: bool = False) -> np.ndarray:
-    """Voxel ids of non-negative (3, N) coordinates (21 bits per axis), ordered by (z, y, x). ``compact``
-    packs x | y << bx | z << (bx + by) with only the bits the extents need: the same order, smaller keys
-    (they sort faster, see :func:`_argsort_keys`)."""
-    # an extent of a few denormals (identical points but one corrupt coordinate) searches sizes below 1 / FLT_MAX:
-    # 1 / size would overflow float32 to inf, and inf * 0 = NaN casts to garbage keys
-    q = (pt * np.float32(1.0 / max(size, _MIN_VOXEL))).astype(np.int64)
-    if not compact:
-        return q[0] | (q[1] << 21) | (q[2] << 42)
-    bits = [max(1, int(c.max(initial=0)).bit_length()) for c in q[:2]]
-    return q[0] | (q[1] << bits[0]) | (q[2] << (bits[0] + bits[1]))
-
-
-def _estimate_occupied(pt: np.ndarray, size: float, table: int) -> float:
-    """Number of occupied voxels, estimated from a hashed occupancy table (linear counting): O(N), no sort."""
-    h = _voxel_keys(pt, size).view(np.uint64)
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64 finaliser
-        h = (h ^ (h >> np.uint64(shift))) * np.uint64(mult)
-    h = ((h ^ (h >> np.uint64(31))) & np.uint64(table - 1)).astype(np.intp)
-    empty = table - np.count_nonzero(np.bincount(h, minlength=table))
-    return table * math.log(table / max(empty, 1))
-
-
-def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> np.ndarray:
-    """About ``m`` well-spread centres (indices into ``points``); see :func:`_grid_sample`."""
-    return _grid_sample(points, m, tolerance)[0]
-
-
-def _grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """About ``m`` well-spread centres: one point per occupied voxel, the voxel size searched for the count.
-
-    FPS is used by the reference only to spread centres evenly over the occupied space (its O(N * m) loop
-    is the one CUDA kernel AFI needed). A voxel grid does the same: at most one centre per voxel, every
-    occupied voxel gets one, so the covering radius is bounded by the voxel diagonal and dense regions
-    are not over-sampled. The voxel size is searched (regula falsi) on a hashed occupancy count; each
-    voxel's centre is its point nearest to the voxel's mean. The count lands within ``tolerance`` of ``m``
-    (or as close as 16 trials get). Deterministic (no randomness; point order only breaks exact ties).
-    Also returns each point's voxel as an index into the centres (None if every point is a centre): a
-    nearby centre per point, which seeds the decoder's k-NN search (:func:`_knn`).
-    """
-    n = len(points)
-    pt = np.array(points.T, dtype=np.float32, order="C")
-    if n:
-        pt -= pt.min(1, keepdims=True)
-    ext = float(pt.max()) if n else 0.0
-    if m >= n:
-        return np.arange(n), None
-    if ext <= _MIN_VOXEL:  # one location (identical points up to float noise) occupies one voxel: one centre
-        return np.arange(1), None
-    table = 1 << max(12, int(math.ceil(math.log2(16 * m))))
-    # Regula falsi on log(count) vs log(size), bracketed: ~n voxels at ext / 2n (even for a line), 1 at ext.
-    lo, c_lo, hi, c_hi = ext / (2.0 * n), float(n), ext * 1.01, 1.0
-    size = ext / math.sqrt(m)  # first guess: a surface-like cloud
-    best_size, best_err = size, math.inf
-    for _ in range(16):
-        est = _estimate_occupied(pt, size, table)
-        if abs(est - m) < best_err:
-            best_size, best_err = size, abs(est - m)
-        if best_err <= max(tolerance * m, 1.0):
-            break
-        if est > m:
-            lo, c_lo = size, est
-        else:
-            hi, c_hi = size, est
-        t = math.log(c_lo / m) / math.log(c_lo / c_hi) if c_lo > c_hi else 0.5
-        size = lo * (hi / lo) ** min(max(t, 0.1), 0.9)  # clamped: keeps shrinking the bracket
-    keys = _voxel_keys(pt, best_size, compact=True)
-    order = _argsort_keys(keys)
-    sk = keys[order]
-    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-    counts = np.diff(np.r_[starts, n])
-    group = np.repeat(np.arange(len(starts)), counts)
-    sp = [c[order] for c in pt]
-    d = sum((c - (np.add.reduceat(c, starts) / counts)[group]) ** 2 for c in sp)
-    best = np.flatnonzero(d == np.minimum.reduceat(d, starts)[group])
-    best = best[np.r_[True, group[best][1:] != group[best][:-1]]]  # first nearest-to-mean point per voxel
-    assign = np.empty(n, dtype=np.intp)
-    assign[order] = group
-    return order[best], assign
-
-
 # ---- ground --------------------------------------------------------------------------------------------
 
 def ground_inliers(points: np.ndarray, cfg: AFIConfig) -> np.ndarray:
@@ -296,76 +186,32 @@ def ground_inliers(points: np.ndarray, cfg: AFIConfig) -> np.ndarray:
 
 
 # ---- the Point-NN style encoder / decoder ----------------------------------------------------------------
-
-def _row_sums(x: np.ndarray) -> np.ndarray:
-    """Sums of the rows of a 2-D array (einsum: ~5x faster than x.sum(1) on rows of a few dozen values)."""
-    return np.einsum("ij->i", x)
-
-
-def _normalize_sum(x: np.ndarray) -> np.ndarray:
-    x /= (_row_sums(x) + 1e-9)[:, None]
-    return x
+# The per-pair work (direction bins, the flatness test, pooling, the decoder's colinear share and
+# interpolation, the final normalisation) runs in numba kernels (settings: ssov_train/jit.py): a few dozen
+# flops per pair, where numpy needed (pairs x bins) temporaries and gathers.
 
 
-def _extent(length: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """How far a structure reaches along one side of a line: its longest bin on that side."""
-    return (length * mask).max(-1)
+_BIN_GRID = 64  # cells per axis of the direction-bin table
 
 
-@dataclass
-class _Level:
-    points: np.ndarray  # (n, 3) float32, for the k-d tree
-    feat: np.ndarray  # (n, C) encoder vector
-    tree: Optional[cKDTree] = None
-    pct: Optional[np.ndarray] = None  # (n, B) direction-bin shares
-    dirs: Optional[tuple[np.ndarray, ...]] = None  # x, y, z of the unit mean neighbour offset per bin, (n, B) each
-    length: Optional[np.ndarray] = None  # (n, B) length of that mean offset
-    proxy: Optional[np.ndarray] = None  # (n_finer,) a nearby centre of this level per point of the finer one
-
-    def __post_init__(self) -> None:
-        self.xyz = tuple(np.ascontiguousarray(c) for c in self.points.T)  # 1-D components: fast fancy indexing
-        self._cand: Optional[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]] = None
-        self._feat_sum: Optional[np.ndarray] = None
-
-    def feat_sum(self) -> np.ndarray:
-        if self._feat_sum is None:
-            self._feat_sum = _row_sums(self.feat)
-        return self._feat_sum
-
-    def kdtree(self) -> cKDTree:
-        if self.tree is None:
-            self.tree = cKDTree(self.points, leafsize=32, balanced_tree=False, compact_nodes=False)
-        return self.tree
-
-    def candidates(self, k: int) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
-        """The k nearest points of this level to each of its points (itself first): (n, k) indices, their
-        x, y, z as (n, k) arrays (rows gather faster than scattered points) and the k-th distance (n,)."""
-        if self._cand is None:
-            d, idx = self.kdtree().query(self.points, k, workers=1)
-            idx = idx.reshape(len(self.points), k)
-            self._cand = idx, tuple(c[idx] for c in self.xyz), d.reshape(len(self.points), k)[:, -1]
-        return self._cand
-
-
-def _offsets(xyz: tuple[np.ndarray, ...], targets: np.ndarray,
-             origins: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Offsets xyz[targets] - origins per component, the unit vectors (0 for zero offsets) and lengths."""
-    off = [c[targets] - o for c, o in zip(xyz, origins)]
-    length = np.sqrt(off[0] * off[0] + off[1] * off[1] + off[2] * off[2])
-    inv = 1.0 / np.maximum(length, 1e-12)
-    return off, [o * inv for o in off], length
-
-
-_BIN_GRID = 64
+@inline
+def _unit_cell(ux, uy, uz, grid):
+    """Cell of a unit vector (u quantised per component on a grid over [-1, 1]^3) in :func:`_bin_lut`."""
+    half = grid / 2.0
+    cx = min(max(int((ux + 1.0) * half), 0), grid - 1)
+    cy = min(max(int((uy + 1.0) * half), 0), grid - 1)
+    cz = min(max(int((uz + 1.0) * half), 0), grid - 1)
+    return (cx * grid + cy) * grid + cz
 
 
 @lru_cache(maxsize=8)
 def _bin_lut(nb: int, grid: int = _BIN_GRID) -> np.ndarray:
-    """(grid**3,) int8 nearest direction bin of every unit vector in a cell of the [-1, 1]^3 grid (u quantised
-    per component as :func:`_cone_cells`), or -1 where the cell straddles a bin border.
-
-    A bin is a convex cone {v: v.fib_b >= v.fib_b' for all b'}, so a cell whose 8 corners are all inside one
-    cone (with a margin far above float32 rounding) holds only vectors of that bin: the table is exact."""
+    """(grid**3,) int8 nearest direction bin of every unit vector in a cell, or -1 where the cell straddles a
+    bin border (the encoder then takes the dot products). A bin is a convex cone {v: v.fib_b >= v.fib_b' for
+    all b'}, so a cell whose 8 corners are all inside one cone (with a margin far above float rounding) holds
+    only vectors of that bin: the table is exact."""
+    if nb > 127:
+        return np.full(grid ** 3, -1, dtype=np.int8)
     fib = fibonacci_directions(nb).astype(np.float64)
     h = 2.0 / grid
     edge = np.arange(grid + 1) * h - 1.0
@@ -387,324 +233,346 @@ def _bin_lut(nb: int, grid: int = _BIN_GRID) -> np.ndarray:
     return lut.reshape(-1)
 
 
-def _direction_bins(u: Sequence[np.ndarray], fib: np.ndarray) -> np.ndarray:
-    """Index of the direction bin (nearest of ``fib``) of unit vectors given as x, y, z arrays of one shape:
-    a table lookup (:func:`_bin_lut`), the dot products only for the few vectors near a bin border."""
-    if len(fib) > 127:
-        return np.argmax(np.stack(u, -1) @ fib.T, axis=-1)
-    b = _bin_lut(len(fib)).take(_cone_cells(u, _BIN_GRID)).astype(np.intp)
-    near = np.flatnonzero(b < 0)
-    if near.size:
-        flat = b.reshape(-1)
-        flat[near] = np.argmax(np.stack([c.reshape(-1).take(near) for c in u], -1) @ fib.T, axis=-1)
-    return b
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """Sums of the rows of a 2-D array (einsum: ~5x faster than x.sum(1) on rows of a few dozen values)."""
+    return np.einsum("ij->i", x)
+
+
+def _normalize_sum(x: np.ndarray) -> np.ndarray:
+    x /= (_row_sums(x) + 1e-9)[:, None]
+    return x
+
+
+@dataclass
+class _Level:
+    points: np.ndarray  # (n, 3) float32
+    feat: np.ndarray  # (n, C) encoder vector
+    pct: Optional[np.ndarray] = None  # (n, B) direction-bin shares
+    dirs: Optional[np.ndarray] = None  # (3, n, B) unit mean neighbour offset per bin, x, y, z (0: empty bin)
+    length: Optional[np.ndarray] = None  # (n, B) length of that mean offset
+    proxy: Optional[np.ndarray] = None  # (n_finer,) a nearby centre of this level per point of the finer one
+
+    def __post_init__(self) -> None:
+        self.xyz = tuple(np.ascontiguousarray(c, dtype=np.float64) for c in self.points.T)
+        self.groups: Optional[VoxelGroups] = None  # this level's points by the voxels the next level's centres
+        self._tree: Optional[KDTree] = None  # came from; the tree is built over them (much cheaper on a scan)
+        self._cand: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+    def kdtree(self) -> KDTree:
+        if self._tree is None:
+            groups = None if self.groups is None else (self.groups.order, self.groups.starts)
+            self._tree = KDTree(self.points, groups=groups)
+        return self._tree
+
+    def candidates(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest points of this level to each of its points (itself first), (n, k), and the k-th
+        distance (n,)."""
+        if self._cand is None:
+            idx, d = self.kdtree().query(self.xyz, k)
+            self._cand = idx, d[:, -1].copy()
+        return self._cand
+
+
+@fast_jit
+def _encode_kernel(px, py, pz, centres, nbr, fib, bin_lut, grid, first, min_bin_count, gamma, prev_pct, prev_dirs,
+                   prev_len, feat, feat_sum):
+    """Per centre: bin its k neighbours by direction (nearest Fibonacci direction; the centre itself and exact
+    duplicates in no bin), the bins' mean offsets, the bin shares (level 1: point counts; deeper: the flatness
+    weights of the pairs) and the pooled vector. Returns pct, dirs, length, pooled and the raw influence."""
+    m, k = nbr.shape
+    nb, nc = fib.shape[0], feat.shape[1]
+    pct = np.zeros((m, nb))
+    dirs = np.zeros((3, m, nb))
+    length = np.zeros((m, nb))
+    pooled = np.zeros((m, nc))
+    influence = np.ones(m)
+    counts = np.zeros(nb)
+    sums = np.zeros((nb, 3))
+    bins = np.empty(k, np.int64)
+    u = np.zeros((k, 3))
+    dist = np.zeros(k)
+    w = np.zeros(k)
+    wp = np.zeros(nb)
+    bin_total = np.zeros(nb)
+    ends = np.zeros((2, 3))
+    for i in range(m):
+        c = centres[i]
+        counts[:] = 0.0
+        sums[:] = 0.0
+        for t in range(k):
+            j = nbr[i, t]
+            ox, oy, oz = px[j] - px[c], py[j] - py[c], pz[j] - pz[c]
+            d = math.sqrt(ox * ox + oy * oy + oz * oz)
+            dist[t] = d
+            bins[t] = -1
+            u[t, 0] = u[t, 1] = u[t, 2] = 0.0
+            if d > 0:
+                ux, uy, uz = ox / d, oy / d, oz / d
+                best = np.int64(bin_lut[_unit_cell(ux, uy, uz, grid)])
+                if best < 0:  # near a bin border: the nearest direction by dot products
+                    best, best_dot = 0, -np.inf
+                    for b in range(nb):
+                        dot = ux * fib[b, 0] + uy * fib[b, 1] + uz * fib[b, 2]
+                        if dot > best_dot:
+                            best, best_dot = b, dot
+                bins[t] = best
+                counts[best] += 1.0
+                sums[best, 0] += ox
+                sums[best, 1] += oy
+                sums[best, 2] += oz
+                u[t, 0], u[t, 1], u[t, 2] = ux, uy, uz
+        for b in range(nb):
+            if counts[b] > 0:
+                mx, my, mz = sums[b, 0] / counts[b], sums[b, 1] / counts[b], sums[b, 2] / counts[b]
+                ln = math.sqrt(mx * mx + my * my + mz * mz)
+                length[i, b] = ln
+                if ln > 0:
+                    dirs[0, i, b], dirs[1, i, b], dirs[2, i, b] = mx / ln, my / ln, mz / ln
+        if first:
+            total = 0.0
+            for b in range(nb):
+                kept = counts[b] if counts[b] > min_bin_count else 0.0
+                pct[i, b] = kept
+                total += kept
+            for b in range(nb):
+                pct[i, b] /= total + _EPS
+        else:
+            # Flatness test between centre c and neighbour j along u = unit(j - c), on the previous level's
+            # bins: w = (c's share on the line) * (j's share on the line) * (how much of the span they cover).
+            total = 0.0
+            for t in range(k):
+                w[t] = 0.0
+                if bins[t] < 0:
+                    continue
+                # per end (c, then j): share of its bins within acos(gamma) of the line along u, and how far
+                # its structure reaches forward (+u) and backward (-u): the longest such bin's mean offset
+                for end in range(2):
+                    e = c if end == 0 else nbr[i, t]
+                    share = forward = backward = 0.0
+                    for b in range(nb):
+                        cos = (u[t, 0] * prev_dirs[0, e, b] + u[t, 1] * prev_dirs[1, e, b]
+                               + u[t, 2] * prev_dirs[2, e, b])
+                        if cos > gamma:
+                            share += prev_pct[e, b]
+                            forward = max(forward, prev_len[e, b])
+                        elif cos < -gamma:
+                            share += prev_pct[e, b]
+                            backward = max(backward, prev_len[e, b])
+                    if share <= 0:
+                        break
+                    ends[end, 0], ends[end, 1], ends[end, 2] = share, forward, backward
+                else:
+                    (share_c, c_f, c_b), (share_j, j_f, j_b) = ends[0], ends[1]
+                    if c_f + c_b > 0 and j_f + j_b > 0:
+                        w[t] = share_c * share_j * (c_f + c_b + j_f + j_b) / (dist[t] + c_b + j_f + _EPS)
+                        total += w[t]
+            influence[i] = total
+            for t in range(k):
+                if bins[t] >= 0:
+                    pct[i, bins[t]] += w[t] / (total + 1e-7)
+        # Pooling: sum over bins of (share / mean offset length, normalised) x (bin's class histogram, normalised)
+        total = 0.0
+        for b in range(nb):
+            wp[b] = pct[i, b] / (length[i, b] + _EPS)
+            total += wp[b]
+            bin_total[b] = 0.0
+        for t in range(k):
+            if bins[t] >= 0:
+                bin_total[bins[t]] += feat_sum[nbr[i, t]]
+        for t in range(k):
+            if bins[t] >= 0:
+                coef = wp[bins[t]] / (total + 1e-9) / (bin_total[bins[t]] + 1e-9)
+                if coef != 0.0:
+                    j = nbr[i, t]
+                    for ch in range(nc):
+                        pooled[i, ch] += coef * feat[j, ch]
+    return pct, dirs, length, pooled, influence
 
 
 def _encode(prev: _Level, m: int, cfg: AFIConfig, fib: np.ndarray, first: bool) -> _Level:
     """One encoder stage: sample centres, bin their k-NN by direction, weight by the flatness test, pool."""
-    n, nb = len(prev.points), cfg.num_direction_bins
+    n = len(prev.points)
     if cfg.sampler == "fps":
         centres, proxy = farthest_point_sample(prev.points, min(m, n)), None
     else:
-        centres, proxy = _grid_sample(prev.points, min(m, n))
+        centres, prev.groups = grid_sample(prev.points, min(m, n))
+        proxy = None if prev.groups is None else prev.groups.voxel_of
     m, k = len(centres), min(cfg.k, n)
-    _, nbr = prev.kdtree().query(prev.points[centres], k, workers=1)
-    nbr = nbr.reshape(m, k)
-    off, u, dist = _offsets(prev.xyz, nbr, [c[centres, None] for c in prev.xyz])  # (m, k) each
-    b = _direction_bins(u, fib)
-    valid = dist > 0  # the centre itself (and exact duplicates) have no direction: no bin
-    seg_all = np.arange(0, m * nb, nb)[:, None] + b
-    seg = seg_all[valid]
-    counts = np.bincount(seg, minlength=m * nb).reshape(m, nb)
-    mean_off = [np.bincount(seg, weights=o[valid], minlength=m * nb).reshape(m, nb) / np.maximum(counts, 1)
-                for o in off]
-    length = np.sqrt(mean_off[0] ** 2 + mean_off[1] ** 2 + mean_off[2] ** 2)
-    inv = 1.0 / np.maximum(length, 1e-12)
-    dirs = tuple((o * inv).astype(np.float32) for o in mean_off)
-
-    if first:
-        kept = counts * (counts > cfg.min_bin_count)
-        pct = kept / (_row_sums(kept)[:, None] + _EPS)
-        influence = np.ones(m)
+    nbr, _ = prev.kdtree().query([c[centres] for c in prev.xyz], k)
+    if first:  # no previous bins
+        prev_pct, prev_dirs, prev_len = np.zeros((1, 1)), np.zeros((3, 1, 1)), np.zeros((1, 1))
     else:
-        # Flatness test between centre c and neighbour j along u = unit(j - c), on the previous level's bins:
-        # w = (c's share on the line) * (j's share on the line) * (how much of the span they cover).
-        # Evaluated only where the shares are non-zero (about 1 pair in 10 at level 2).
-        g = cfg.colinear_cos
-        sc = sum(uc[:, :, None] * d[centres][:, None, :] for uc, d in zip(u, prev.dirs))  # (m, k, B)
-        share_c = np.einsum("mkb,mb->mk", (np.abs(sc) > g).astype(np.float32), prev.pct[centres])
-        mi, ki = np.nonzero(share_c > 0)
-        jn = nbr[mi, ki]
-        sj = sum(uc[mi, ki][:, None] * d[jn] for uc, d in zip(u, prev.dirs))  # (pairs, B)
-        share_j = _row_sums((np.abs(sj) > g) * prev.pct[jn])
-        on = share_j > 0
-        mi, ki, jn, sj, share_j = mi[on], ki[on], jn[on], sj[on], share_j[on]
-        sc, lc, lj = sc[mi, ki], prev.length[centres][mi], prev.length[jn]
-        c_f, c_b, j_f, j_b = _extent(lc, sc > g), _extent(lc, sc < -g), _extent(lj, sj > g), _extent(lj, sj < -g)
-        overlap = ((c_f + c_b) > 0) & ((j_f + j_b) > 0)
-        w = np.zeros((m, k))
-        w[mi, ki] = (share_c[mi, ki] * share_j * (c_f + c_b + j_f + j_b) * overlap
-                     / (dist[mi, ki] + c_b + j_f + _EPS))
-        influence = _row_sums(w)
-        w = w / (influence[:, None] + 1e-7)
-        pct = np.bincount(seg, weights=w[valid], minlength=m * nb).reshape(m, nb)
-        influence = influence / (influence.mean() + _EPS)
-
-    # Pooling: sum over bins of (share / mean offset length, normalised) x (bin's class histogram, normalised),
-    # done as one sparse (centres x previous points) product; plus the centre's own vector.
-    wp = _normalize_sum(pct / (length + _EPS))
-    bin_total = np.bincount(seg, weights=prev.feat_sum().take(nbr)[valid], minlength=m * nb)
-    coef = np.where(valid, (wp.reshape(-1) / (bin_total + 1e-9)).take(seg_all), 0.0)  # no bin: no weight
-    pooled = csr_matrix((coef.reshape(-1), nbr.reshape(-1), np.arange(0, m * k + 1, k)), shape=(m, n)) @ prev.feat
+        prev_pct, prev_dirs, prev_len = prev.pct, prev.dirs, prev.length
+    pct, dirs, length, pooled, influence = _encode_kernel(
+        *prev.xyz, centres, nbr, fib, _bin_lut(len(fib)), _BIN_GRID, first, float(cfg.min_bin_count),
+        float(cfg.colinear_cos), prev_pct, prev_dirs, prev_len, prev.feat, _row_sums(prev.feat).astype(np.float64))
+    if not first:
+        influence /= influence.mean() + _EPS
     x = influence[:, None] * pooled + cfg.pool_self_weight * prev.feat[centres]
     empty = np.flatnonzero(_row_sums(x) < 1e-6)  # only here does the reference's 1e-8 * max-pool term show
     x[empty] += _MAX_POOL_WEIGHT * prev.feat[nbr[empty]].max(1)
-    return _Level(prev.points[centres], _normalize_sum(x).astype(np.float32), pct=pct.astype(np.float32),
-                  dirs=dirs, length=length.astype(np.float32), proxy=proxy)
+    return _Level(prev.points[centres], _normalize_sum(x).astype(np.float32), pct=pct, dirs=dirs, length=length,
+                  proxy=proxy)
 
 
-# Cone look-up table for the decoder's colinear test. A bin's mean direction lies in the bin's Voronoi cone
-# (a positive sum of offsets whose directions are all in that convex cone), so the bins that can pass
-# |cos(u, dir)| > gamma for some u in a small cell of direction space are known in advance: those whose cone
-# comes within acos(gamma) + the cell's angular radius (+ 0.5 deg float slack) of +u or -u. The table maps a
-# cell of the [-1, 1]^3 grid (u quantised per component) to that bin set as a bitmask; it only skips bins
-# that cannot pass, so the share is exact (~3.5 of 20 bins checked per pair instead of every non-empty bin).
-_LUT_GRID = 64
-_POP16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
-_LOWBIT = np.zeros(37, dtype=np.intp)  # index of a power of two from its value mod 37 (all distinct)
-for _b in range(32):
-    _LOWBIT[(1 << _b) % 37] = _b
-
-
-@lru_cache(maxsize=4)
-def _bit_tables(nb: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """For masks of ``nb`` <= 22 bits: popcount of every mask and bit index of every power of two, as tables
-    indexed by the mask itself (one gather each instead of the 16-bit split and the mod-37 trick)."""
-    if nb > 22:
-        return None
-    pop = np.zeros(1 << nb, dtype=np.uint8)
-    for b in range(nb):
-        pop[1 << b:1 << (b + 1)] = pop[:1 << b] + 1
-    index = np.zeros(1 << nb, dtype=np.intp)
-    index[1 << np.arange(nb)] = np.arange(nb)
-    return pop, index
-
-
-@lru_cache(maxsize=8)
-def _cone_lut(nb: int, gamma: float, grid: int = _LUT_GRID) -> np.ndarray:
-    """(grid**3,) uint32 bitmask of the bins (of ``nb`` <= 32) that may pass the cone test, per u cell."""
-    fib = fibonacci_directions(nb).astype(np.float64)
-    h = 2.0 / grid
-    c = (np.arange(grid) + 0.5) * h - 1.0
-    p = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    r = np.linalg.norm(p, axis=1)
-    half = h * math.sqrt(3.0) / 2.0  # every point of a cell is within this of its centre
-    live = np.flatnonzero(np.abs(r - 1.0) <= half * 1.01)  # cells a unit vector can fall in
-    rho = math.asin(min(1.0, half / (1.0 - half)))  # angle between a unit vector in the cell and the centre's
-    sin_a = math.sin(math.acos(gamma) + rho + math.radians(0.5))
-    ph = p[live] / r[live, None]
-    # cone(b) = {v: v.(fib_b - fib_b') >= 0 for all b'}; a cap of radius a around c can meet it only if it
-    # meets every one of these half-spaces, i.e. c.n_bb' >= -sin(a) (necessary: the table may keep extra bins)
-    n = fib[:, None, :] - fib[None, :, :]
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-    proj = np.einsum("qx,bcx->qbc", ph, n)
-    eye = np.eye(nb, dtype=bool)
-    ok = ((proj >= -sin_a) | eye).all(-1) | ((proj <= sin_a) | eye).all(-1)
-    lut = np.zeros(grid ** 3, dtype=np.uint32)
-    lut[live] = (ok.astype(np.uint32) << np.arange(nb, dtype=np.uint32)).sum(1, dtype=np.uint32)
-    return lut
-
-
-def _cone_cells(u: Sequence[np.ndarray], grid: int = _LUT_GRID) -> np.ndarray:
-    """Cell of :func:`_cone_lut` of each unit vector (x, y, z arrays)."""
-    half = np.float32(grid / 2)
-    q = None
-    for c in u:
-        t = ((c + 1) * half).astype(np.intp)
-        np.clip(t, 0, grid - 1, out=t)
-        if q is None:
-            q = t
-        else:
-            q *= grid
-            q += t
-    return q
-
-
-def _colinear_share(u: Sequence[np.ndarray], j: np.ndarray, coarse: _Level, gamma: float) -> np.ndarray:
-    """Per pair (unit direction u to coarse point j, flat arrays): total share of j's bins whose direction is
-    within acos(gamma) of the line along u. Only bins that are non-empty and allowed by the cone table are
-    visited (lowest bin first, the sum order of a full scan), slot by slot over pairs sorted by how many."""
-    nb = coarse.pct.shape[1]
-    if nb > 32:  # no table: every non-empty bin
-        return _colinear_share_scan(u, j, coarse, gamma)
-    occ = ((coarse.pct > 0).astype(np.uint32) << np.arange(nb, dtype=np.uint32)).sum(1, dtype=np.uint32)
-    m = _cone_lut(nb, float(gamma)).take(_cone_cells(u)) & occ.take(j)
-    tables = _bit_tables(nb)
-    if tables is None:
-        pc = _POP16.take(m & np.uint32(0xFFFF)) + _POP16.take(m >> np.uint32(16))
-    else:
-        pc = tables[0].take(m)
-    order = np.argsort(pc, kind="stable")  # radix sort on uint8: pairs with more bins come last
-    firsts = np.searchsorted(pc.take(order), np.arange(1, int(pc.max(initial=0)) + 1))
-    m, base = m.take(order), j.take(order) * nb
-    ux, uy, uz = (c.take(order) for c in u)
-    dx, dy, dz = (d.reshape(-1) for d in coarse.dirs)
-    pct = coarse.pct.reshape(-1)
-    g2 = np.float32(gamma * gamma)
-    w = np.zeros(len(j), dtype=np.float32)
-    for f in firsts:
-        ms = m[f:]
-        low = ms & (~ms + np.uint32(1))  # lowest remaining bin
-        ms ^= low
-        e = base[f:] + (_LOWBIT.take(low % np.uint32(37)) if tables is None else tables[1].take(low))
-        cos = dx.take(e) * ux[f:]
-        cos += dy.take(e) * uy[f:]
-        cos += dz.take(e) * uz[f:]
-        w[f:] += np.where(cos * cos > g2, pct.take(e), np.float32(0.0))
-    out = np.empty_like(w)
-    out[order] = w
-    return out
-
-
-def _colinear_share_scan(u: Sequence[np.ndarray], j: np.ndarray, coarse: _Level, gamma: float) -> np.ndarray:
-    """Per pair (unit direction u to coarse point j, flat arrays): total share of j's bins whose direction is
-    within acos(gamma) of the line along u. Only non-empty bins are visited (about a third at level 1),
-    slot by slot over pairs sorted by their coarse point's bin count: no dense (pairs, bins, 3) gather."""
-    nzj, nzb = np.nonzero(coarse.pct > 0)
-    cnt = np.bincount(nzj, minlength=len(coarse.pct))
-    start = np.cumsum(cnt) - cnt
-    (dx, dy, dz), ent_pct = (d[nzj, nzb] for d in coarse.dirs), coarse.pct[nzj, nzb]
-    reps = cnt[j].astype(np.int16)
-    order = np.argsort(reps, kind="stable")  # radix sort on int16: pairs with more bins come last
-    firsts = np.searchsorted(reps[order], np.arange(1, int(cnt.max(initial=0)) + 1))
-    base = start[j[order]]
-    ux, uy, uz = (c[order] for c in u)
-    g2 = np.float32(gamma * gamma)
-    w = np.zeros(len(j), dtype=np.float32)
-    for t, f in enumerate(firsts):
-        e = base[f:] + t
-        cos = dx.take(e) * ux[f:]
-        cos += dy.take(e) * uy[f:]
-        cos += dz.take(e) * uz[f:]
-        w[f:] += np.where(cos * cos > g2, ent_pct.take(e), 0.0)
-    out = np.empty_like(w)
-    out[order] = w
-    return out
+@jit
+def _seeded_knn(qx, qy, qz, proxy, cand, reach, cx, cy, cz, k, check):
+    """k nearest among each query's proxy's candidates, nearest first, and whether that may be inexact."""
+    n, nc = len(qx), cand.shape[1]
+    nn = np.empty((n, k), np.int64)
+    bad = np.zeros(n, np.bool_)
+    best_d = np.empty(k)
+    best_i = np.empty(k, np.int64)
+    for i in range(n):
+        p = proxy[i]
+        x, y, z = qx[i], qy[i], qz[i]
+        count = 0
+        for t in range(nc):  # insertion into the sorted top k (written out: a helper taking arrays is 5x slower)
+            j = cand[p, t]
+            d = (cx[j] - x) ** 2 + (cy[j] - y) ** 2 + (cz[j] - z) ** 2
+            if count == k:
+                if d >= best_d[k - 1]:
+                    continue
+                pos = k - 1
+            else:
+                pos = count
+                count += 1
+            while pos > 0 and best_d[pos - 1] > d:
+                best_d[pos] = best_d[pos - 1]
+                best_i[pos] = best_i[pos - 1]
+                pos -= 1
+            best_d[pos] = d
+            best_i[pos] = j
+        for t in range(k):
+            nn[i, t] = best_i[t]
+        if check:
+            r = math.sqrt((cx[p] - x) ** 2 + (cy[p] - y) ** 2 + (cz[p] - z) ** 2)
+            bad[i] = math.sqrt(best_d[k - 1]) + r >= reach[p] * (1.0 - 1e-5)  # float slack
+    return nn, bad
 
 
 _CANDIDATES = 16  # coarse candidates per query point in the proxy-seeded k-NN search (see _knn)
 
 
-def _knn(q: Sequence[np.ndarray], proxy: Optional[np.ndarray], coarse: _Level,
-         k: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Exact k nearest coarse points of the query points ``q`` (x, y, z arrays): (n, k) indices, offsets
-    (coarse - query, per component) and their lengths.
+def _knn(q: Sequence[np.ndarray], proxy: Optional[np.ndarray], coarse: _Level, k: int) -> np.ndarray:
+    """Exact k nearest coarse points of the query points ``q`` (float64 x, y, z arrays): (n, k) indices.
 
-    A cKDTree query costs ~0.7 us per point, the largest single cost of AFI. Instead each query point
-    ranks the _CANDIDATES nearest coarse points of its proxy (a nearby coarse point: its voxel's centre).
-    That is exact where d_k(query) + |query - proxy| < the proxy's farthest candidate distance, as every
-    coarse point within d_k of the query is then a candidate; the few others get a tree query.
+    A tree query costs ~1 us per point. Instead each query point ranks the _CANDIDATES nearest coarse points
+    of its proxy (a nearby coarse point: its voxel's centre). That is exact where d_k(query) +
+    |query - proxy| < the proxy's farthest candidate distance, as every coarse point within d_k of the query
+    is then a candidate; the few others get a tree query.
     """
-    n, m = len(q[0]), len(coarse.points)
+    m = len(coarse.points)
     ncand = min(_CANDIDATES, m)
     if proxy is None or ncand <= k:
-        _, nn = coarse.kdtree().query(np.stack(q, 1), k, workers=1)
-        nn = nn.reshape(n, k)
-        off, _, dist = _offsets(coarse.xyz, nn, [c[:, None] for c in q])
-        return nn, off, dist
-    cand, cand_xyz, reach = coarse.candidates(ncand)
-    off = [np.take(cx, proxy, axis=0) for cx in cand_xyz]
-    for x, qx in zip(off, q):
-        x -= qx[:, None]
-    d2 = off[0] * off[0] + off[1] * off[1] + off[2] * off[2]
-    sel = np.argsort(d2, axis=1)[:, :k]
-    sel += np.arange(0, n * ncand, ncand)[:, None]  # flat indices: np.take beats take_along_axis 4x
-    sel_c = sel - (np.arange(n) - proxy)[:, None] * ncand  # the same entries in the candidate table
-    nn = cand.take(sel_c)
-    off = [x.take(sel) for x in off]
-    dist = np.sqrt(d2.take(sel))
-    if ncand < m:
-        r = np.sqrt(sum((cx[proxy] - qx) ** 2 for cx, qx in zip(coarse.xyz, q)))
-        bad = np.flatnonzero(dist[:, -1] + r >= reach[proxy] * (1.0 - 1e-5))  # float32 slack
-        if bad.size:
-            nn_b, off_b, dist_b = _knn([x[bad] for x in q], None, coarse, k)
-            nn[bad], dist[bad] = nn_b, dist_b
-            for x, xb in zip(off, off_b):
-                x[bad] = xb
-    return nn, off, dist
+        return coarse.kdtree().query(q, k)[0]
+    cand, reach = coarse.candidates(ncand)
+    nn, bad = _seeded_knn(*q, proxy, cand, reach, *coarse.xyz, k, ncand < m)
+    bad = np.flatnonzero(bad)
+    if bad.size:
+        nn[bad] = _knn([c[bad] for c in q], None, coarse, k)
+    return nn
+
+
+@fast_jit
+def _interpolate_kernel(qx, qy, qz, nn, cx, cy, cz, pct, dirs, gamma, feat):
+    """Per query: each of its k coarse neighbours j weighted by j's colinear share (its bins within acos(gamma)
+    of the line to j; an empty bin has share 0); returns the normalised interpolation times the total share
+    (the reference's unnormalised term), float32, and the total share. The bin loop is dense and branch-free
+    so it vectorises (tests every bin: cheaper than skipping the empty ones)."""
+    n, k = nn.shape
+    nb, nc = pct.shape[1], feat.shape[1]
+    dx, dy, dz = dirs[0], dirs[1], dirs[2]
+    out = np.empty((n, nc), np.float32)
+    total = np.empty(n)
+    g2 = gamma * gamma
+    w = np.empty(k)
+    acc = np.empty(nc)
+    for i in range(n):
+        s = 0.0
+        for t in range(k):
+            j = nn[i, t]
+            ox, oy, oz = cx[j] - qx[i], cy[j] - qy[i], cz[j] - qz[i]
+            d = math.sqrt(ox * ox + oy * oy + oz * oz)
+            share = 0.0
+            if d > 0:
+                ox, oy, oz = ox / d, oy / d, oz / d
+                for b in range(nb):
+                    cos = ox * dx[j, b] + oy * dy[j, b] + oz * dz[j, b]
+                    share += pct[j, b] if cos * cos > g2 else 0.0
+            w[t] = share
+            s += share
+        tot = s + _EPS
+        total[i] = tot
+        ws = 0.0
+        for t in range(k):
+            w[t] = w[t] / tot + 1e-6
+            ws += w[t]
+        scale = tot / (ws + _EPS)
+        acc[:] = 0.0
+        for t in range(k):
+            coef = w[t] * scale
+            j = nn[i, t]
+            for ch in range(nc):
+                acc[ch] += coef * feat[j, ch]
+        for ch in range(nc):
+            out[i, ch] = acc[ch]
+    return out, total
 
 
 def _interpolate(q: Sequence[np.ndarray], proxy: Optional[np.ndarray], coarse: _Level, coarse_feat: np.ndarray,
                  cfg: AFIConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse vectors interpolated to query points, each coarse point weighted by its colinear bin share:
-    (n, C) interpolation times the total share (the reference's unnormalised term) and (n,) total share."""
-    n, k = len(q[0]), min(cfg.decoder_k, len(coarse.points))
-    nn, off, dist = _knn(q, proxy, coarse, k)
-    inv = 1.0 / np.maximum(dist, 1e-12)
-    nn = nn.reshape(-1)
-    w = _colinear_share([(o * inv).reshape(-1) for o in off], nn, coarse, cfg.colinear_cos).reshape(n, k)
-    total = _row_sums(w) + _EPS
-    wn = w / total[:, None] + 1e-6
-    wn *= (total / (_row_sums(wn) + _EPS))[:, None]  # normalised interpolation weights, times the total share
-    out = csr_matrix((wn.reshape(-1), nn, np.arange(0, n * k + 1, k)), shape=(n, len(coarse.points))) @ coarse_feat
-    return out, total
+    """Coarse vectors interpolated to query points (see :func:`_interpolate_kernel`)."""
+    nn = _knn(q, proxy, coarse, min(cfg.decoder_k, len(coarse.points)))
+    return _interpolate_kernel(*q, nn, *coarse.xyz, coarse.pct, coarse.dirs, float(cfg.colinear_cos), coarse_feat)
 
 
-def _cells(xyz: Sequence[np.ndarray], size: float) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Group points (contiguous x, y, z arrays) by cubic cell: (n,) cell of each point, cell mean x, y, z
-    arrays, one point per cell (its first)."""
-    n = len(xyz[0])
-    pt = np.empty((3, n), dtype=np.float32)
-    for row, c in zip(pt, xyz):
-        np.subtract(c, c.min(), out=row)
-    size = max(size, float(pt.max(initial=0.0)) / (1 << 20))  # _voxel_keys has 21 bits per axis
-    keys = _voxel_keys(pt, size, compact=True)
-    order = _argsort_keys(keys)
-    sk = keys.take(order)
-    new = np.empty(n, dtype=bool)
-    new[0] = True
-    np.not_equal(sk[1:], sk[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    cell = np.empty(n, dtype=np.intp)
-    cell[order] = np.cumsum(new) - 1
-    counts = np.diff(np.r_[starts, n]).astype(np.float32)
-    mean = [np.add.reduceat(c.take(order), starts) / counts for c in xyz]
-    return cell, mean, order.take(starts)
-
-
-def _decode(fine: _Level, coarse: _Level, coarse_feat: np.ndarray, skip: float, cell_size: float,
-            cfg: AFIConfig, final: bool = False) -> np.ndarray:
+def _decode(fine: _Level, coarse: _Level, coarse_feat: np.ndarray, skip: float, cfg: AFIConfig) -> np.ndarray:
     """One decoder step: interpolated coarse vectors times their total share, plus the skip term, normalised
-    to sum 1 (``final``: left unnormalised, :func:`_finalize` normalises once).
-
-    With ``cell_size`` > 0 the interpolation is evaluated once per cell (at the mean of its points) and
-    shared by the cell's points; their own skip vectors stay per point (see AFIConfig.decoder_cell)."""
-    if cell_size > 0 and len(fine.points):
-        cell, mean, first = _cells(fine.xyz, cell_size)
-        proxy = None if coarse.proxy is None else coarse.proxy[first]
-        out, total = _interpolate(mean, proxy, coarse, coarse_feat, cfg)
-        out, total = out.take(cell, axis=0), total.take(cell)  # take: 2x faster than [cell] on rows
-    else:
-        out, total = _interpolate(fine.xyz, coarse.proxy, coarse, coarse_feat, cfg)
+    to sum 1."""
+    out, total = _interpolate(fine.xyz, coarse.proxy, coarse, coarse_feat, cfg)
     out += (_EPS + skip * float(total.mean())) * fine.feat
-    return out if final else _normalize_sum(out).astype(np.float32, copy=False)
+    return _normalize_sum(out).astype(np.float32, copy=False)
 
 
-def _propagate(points: np.ndarray, x0: np.ndarray, cfg: AFIConfig) -> tuple[np.ndarray, cKDTree]:
-    """The encoder-decoder pyramid on (N, C) input vectors; returns (N, C) unnormalised distributions (float32,
-    non-negative) and the scan's tree."""
-    fib = fibonacci_directions(cfg.num_direction_bins)
+@dataclass
+class _Output:
+    """The last decoder step, unnormalised: point i's distribution is values[rows[i]] + skip * x0[i]
+    (:func:`_finalize` assembles it in its one pass over the scan)."""
+
+    values: np.ndarray  # (V, C) float32: interpolated vectors, per decoder cell or per point
+    rows: np.ndarray  # (N,) row of each point in ``values``
+    skip: float
+
+
+def _decode_last(scan: _Level, coarse: _Level, coarse_feat: np.ndarray, skip: float, cfg: AFIConfig) -> _Output:
+    """The decoder step onto the scan. With ``cfg.decoder_cell`` > 0 the interpolation is evaluated once per
+    cell (at the mean of its points) and shared by the cell's points; their own skip vectors stay per point."""
+    if cfg.decoder_cell > 0:
+        cells = group_by_voxel(scan.points, cfg.decoder_cell, expected_voxels=len(scan.points) // 2)
+        proxy = None if coarse.proxy is None else coarse.proxy[cells.firsts()]
+        values, total = _interpolate(tuple(cells.means()), proxy, coarse, coarse_feat, cfg)
+        mean_total = float(total @ np.diff(cells.starts)) / len(scan.points)  # the mean over points, as per point
+        return _Output(values, cells.voxel_of, _EPS + skip * mean_total)
+    values, total = _interpolate(scan.xyz, coarse.proxy, coarse, coarse_feat, cfg)
+    return _Output(values, np.arange(len(values)), _EPS + skip * float(total.mean()))
+
+
+def _propagate(points: np.ndarray, x0: np.ndarray, cfg: AFIConfig) -> _Output:
+    """The encoder-decoder pyramid on (N, C) input vectors (non-negative)."""
+    fib = fibonacci_directions(cfg.num_direction_bins).astype(np.float64)
     levels = [_Level(points, x0)]
     for s in range(1, cfg.num_stages + 1):
         m = cfg.base_points // cfg.stage_ratio ** s
         if m < 1 or len(levels[-1].points) < 2:
             break
         levels.append(_encode(levels[-1], m, cfg, fib, first=s == 1))
+    if len(levels) == 1:  # fewer than 2 points: nothing to propagate
+        return _Output(np.zeros((1, x0.shape[1]), np.float32), np.zeros(len(x0), np.int64), 1.0)
     feat = levels[-1].feat
-    for f in range(len(levels) - 2, -1, -1):
-        feat = _decode(levels[f], levels[f + 1], feat, cfg.skip_weights[f], cfg.decoder_cell if f == 0 else 0.0, cfg,
-                       final=f == 0)
-    return feat, levels[0].kdtree()
+    for f in range(len(levels) - 2, 0, -1):
+        feat = _decode(levels[f], levels[f + 1], feat, cfg.skip_weights[f], cfg)
+    return _decode_last(levels[0], levels[1], feat, cfg.skip_weights[0], cfg)
 
 
 # ---- public API ------------------------------------------------------------------------------------------
@@ -724,6 +592,8 @@ def _inputs(prediction: np.ndarray, num_classes: Optional[int]) -> tuple[np.ndar
     if pred.ndim != 2 or (num_classes is not None and pred.shape[1] != num_classes):
         raise ValueError(f"probabilities must be (N, {num_classes or 'C'}), got {pred.shape}")
     x = np.clip(pred.astype(np.float32), 0.0, None)
+    if not np.isfinite(x).all():
+        raise ValueError("probabilities contain NaN or Inf")
     labels = np.where(_row_sums(x) > 0, x.argmax(1), 0)
     return x, labels
 
@@ -746,18 +616,49 @@ def _merge_pseudo(points: np.ndarray, x: np.ndarray, labels: np.ndarray, pseudo:
     return x, labels
 
 
-def _finalize(dist: np.ndarray, input_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and normalised distributions (``dist``, non-negative float32, is overwritten); class 0 is excluded
-    for points whose input was a real class, and an all-zero distribution becomes the one-hot input label."""
-    dist = dist.astype(np.float32, copy=False)
-    dist[:, 0] *= input_labels == 0
-    total = _row_sums(dist)
-    empty = np.flatnonzero(total <= 0)
-    total[empty] = 1.0
-    dist /= total[:, None]
-    dist[empty] = 0.0
-    dist[empty, input_labels[empty]] = 1.0
-    return dist.argmax(1), dist
+@fast_jit
+def _finalize_kernel(values, rows, extra, extra_weight, input_labels, ground, flat):
+    n, nc = len(rows), values.shape[1]
+    dist = np.empty((n, nc), np.float32)
+    labels = np.empty(n, np.int64)
+    row = np.empty(nc)
+    for i in range(n):
+        r = rows[i]
+        total = 0.0
+        for ch in range(nc):
+            v = values[r, ch] + extra_weight * extra[i, ch]
+            if (ground[i] and not flat[ch]) or (ch == 0 and input_labels[i] != 0):
+                v = 0.0
+            row[ch] = v
+            total += v
+        if total <= 0:  # nothing reached this point: its input label, one-hot
+            for ch in range(nc):
+                dist[i, ch] = 0.0
+            dist[i, input_labels[i]] = 1.0
+            labels[i] = input_labels[i]
+            continue
+        inv = 1.0 / total
+        best, best_v = 0, np.float32(-1.0)
+        for ch in range(nc):
+            v = np.float32(row[ch] * inv)
+            dist[i, ch] = v
+            if v > best_v:  # the first maximum, as argmax
+                best, best_v = ch, v
+        labels[i] = best
+    return labels, dist
+
+
+def _finalize(out: _Output, x0: Optional[np.ndarray], input_labels: np.ndarray, ground: np.ndarray,
+              flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and normalised (N, C) float32 distributions from ``out`` (plus ``out.skip`` times the input
+    vectors ``x0``): ground points (N,) bool keep only the ``flat`` (C,) bool classes, class 0 is excluded for
+    points whose input was a real class, and an all-zero distribution becomes the one-hot input label."""
+    if x0 is None:
+        x0, weight = np.zeros((len(out.rows), out.values.shape[1]), np.float32), 0.0
+    else:
+        weight = float(out.skip)
+    return _finalize_kernel(np.ascontiguousarray(out.values, dtype=np.float32), out.rows, x0, weight, input_labels,
+                            ground, flat)
 
 
 @dataclass
@@ -766,7 +667,14 @@ class _Frame:
     labels: np.ndarray  # (N,) labels
     input_labels: np.ndarray  # (N,)
     ground: np.ndarray  # (N,) bool
-    tree: cKDTree
+    points: np.ndarray  # (N, 3) float32, sensor frame
+    _tree: Optional[KDTree] = None
+
+    def kdtree(self) -> KDTree:
+        """A point tree of the frame, built when a later frame first votes with it (streaming only)."""
+        if self._tree is None:
+            self._tree = KDTree(self.points)
+        return self._tree
 
 
 class _Runner:
@@ -780,13 +688,15 @@ class _Runner:
         self.flat = resolve_classes(cfg.flat_classes if flat_classes is None else flat_classes, dictionary,
                                     num_classes)
         self.pseudo = resolve_classes(cfg.pseudo_classes, dictionary, num_classes) if cfg.merge_pseudo else None
-        self.non_flat = np.setdiff1d(np.arange(num_classes), self.flat)
+        self.flat_mask = np.isin(np.arange(num_classes), self.flat)
 
     def __call__(self, points: np.ndarray, prediction: np.ndarray, pseudo_labels: Optional[np.ndarray]) -> _Frame:
         pts = np.asarray(points, dtype=np.float32)
         if pts.ndim != 2 or pts.shape[1] < 3:
             raise ValueError(f"points must be (N, 3+), got {pts.shape}")
         pts = pts[:, :3]
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN or Inf coordinates (drop or mask them before AFI)")
         x, labels = _inputs(prediction, self.num_classes)
         if len(x) != len(pts):
             raise ValueError(f"{len(pts)} points but {len(x)} predictions")
@@ -794,10 +704,10 @@ class _Runner:
             x, labels = _merge_pseudo(pts, x, labels, pseudo_labels, self.cfg, self.pseudo)
         ground = ground_inliers(pts, self.cfg)
         keep = ~ground & (np.hypot(pts[:, 0], pts[:, 1]) > self.cfg.input_min_range)
-        dist, tree = _propagate(np.ascontiguousarray(pts), x * keep[:, None], self.cfg)
-        dist[np.ix_(ground, self.non_flat)] = 0.0
-        out_labels, probs = _finalize(dist, labels)
-        return _Frame(probs, out_labels, labels, ground, tree)
+        pts = np.ascontiguousarray(pts)
+        x *= keep[:, None]
+        out_labels, probs = _finalize(_propagate(pts, x, self.cfg), x, labels, ground, self.flat_mask)
+        return _Frame(probs, out_labels, labels, ground, pts)
 
 
 def afi_refine(points: np.ndarray, prediction: np.ndarray, cfg: Optional[AFIConfig] = None,
@@ -875,16 +785,15 @@ class StreamingAFI:
             pts = np.asarray(points, dtype=np.float64)[:, :3]
             for age, (prev_pose, prev) in enumerate(reversed(self._history), start=1):
                 rel = np.linalg.solve(prev_pose, pose)  # current sensor -> previous sensor
-                dist, idx = prev.tree.query(pts @ rel[:3, :3].T + rel[:3, 3], t.match_k,
-                                            distance_upper_bound=t.match_radius, workers=1)
-                hit = np.isfinite(dist.reshape(-1))  # misses come back as index len(prev) and distance inf
+                idx, _ = prev.kdtree().query(pts @ rel[:3, :3].T + rel[:3, 3], t.match_k, t.match_radius)
+                hit = idx.reshape(-1) >= 0  # misses come back as index -1
                 weights = np.where(hit, t.decay ** age / t.match_k, 0.0).astype(np.float32)
                 cols = np.where(hit, idx.reshape(-1), 0)
                 votes = csr_matrix((weights, cols, np.arange(0, len(cols) + 1, t.match_k)),
                                    shape=(len(pts), len(prev.probs)))
                 acc += votes @ prev.probs
-        acc[np.ix_(frame.ground, self._run.non_flat)] = 0.0
-        labels, probs = _finalize(acc, frame.input_labels)
+        labels, probs = _finalize(_Output(acc, np.arange(len(acc)), 0.0), None, frame.input_labels, frame.ground,
+                                  self._run.flat_mask)
         if t.history > 0:
             self._history.append((pose, frame))
         return labels, probs

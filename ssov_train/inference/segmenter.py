@@ -81,7 +81,8 @@ class Segmenter:
 
     def warm_up(self, num_points: int = 4096) -> float:
         """Segment a synthetic scan once (a ground ring and a wall, as a lidar sees them) so that the one-off
-        costs of the first call (session and thread-pool set-up, memory arenas, AFI's look-up tables) are paid
+        costs of the first call (session and thread-pool set-up, memory arenas, AFI's compiled kernels: numba
+        compiles them on a machine's first run and loads them from its cache after) are paid
         now, not by the first real scan; the streaming history is reset afterwards.  Returns milliseconds."""
         t = time.perf_counter()
         rng = np.random.default_rng(0)
