@@ -27,6 +27,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("rviz", default_value="true", description="start RViz2 with config/ssov.rviz"),
         DeclareLaunchArgument("wait_for_node_s", default_value="60.0",
                               description="seconds the replay waits for the node's subscriptions"),
+        DeclareLaunchArgument("delay_s", default_value="1.0",
+                              description="then seconds before the first message (the node's side of discovery)"),
     ]
     segmenter = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "ssov.launch.py"])),
@@ -34,7 +36,8 @@ def generate_launch_description() -> LaunchDescription:
         # are inherited by included descriptions).
         launch_arguments=[("rviz", LaunchConfiguration("rviz"))])
     replay_args = [LaunchConfiguration("bag"), "--rate", LaunchConfiguration("rate"),
-                   "--wait-for-subscribers", LaunchConfiguration("wait_for_node_s")]
+                   "--wait-for-subscribers", LaunchConfiguration("wait_for_node_s"),
+                   "--delay", LaunchConfiguration("delay_s")]
     replay = Node(package=PACKAGE, executable="ssov-replay", name="ssov_replay", output="screen",
                   arguments=replay_args, condition=UnlessCondition(LaunchConfiguration("loop")))
     replay_loop = Node(package=PACKAGE, executable="ssov-replay", name="ssov_replay", output="screen",

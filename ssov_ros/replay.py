@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
     ap.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
                     help="before playing, wait up to this long until every replayed topic has a subscriber")
+    ap.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                    help="then wait this long before the first message (as `ros2 bag play --delay`): discovery "
+                         "is matched on the subscriber's side a moment after the publisher sees it, and a "
+                         "best-effort message sent before that is lost")
     return ap
 
 
@@ -142,6 +146,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.rate > 0:
         build_parser().error(f"--rate must be > 0, got {args.rate}")
+    if not args.delay >= 0:
+        build_parser().error(f"--delay must be >= 0, got {args.delay}")
     try:
         info = bag_info(args.bag)  # a missing or corrupt bag fails here, before ROS starts
         remap = parse_remaps(args.remap)
@@ -162,6 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if missing:
                 node.get_logger().warning(f"no subscriber after {args.wait_for_subscribers:.0f} s on: "
                                           f"{', '.join(missing)}; playing anyway")
+        stop.wait(args.delay)
         node.get_logger().info(f"playing {args.bag} ({info.message_count} messages, {info.duration_s:.2f} s) "
                                f"at x{args.rate:g}{' in a loop' if args.loop else ''}")
         while rclpy.ok():

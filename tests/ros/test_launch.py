@@ -146,7 +146,8 @@ def test_replay_launch(load_launch):
         assert node.kwargs["executable"] == "ssov-replay" and node.kwargs["executable"] in console_scripts()
         assert type(node.kwargs["condition"]).__name__ == ("IfCondition" if loop else "UnlessCondition")
         args = build_parser().parse_args([resolve(a, config) for a in node.kwargs["arguments"]])
-        assert (str(args.bag), args.rate, args.loop, args.wait_for_subscribers) == ("/data/my_bag", 1.0, loop, 60.0)
+        assert (str(args.bag), args.rate, args.loop, args.wait_for_subscribers, args.delay) == (
+            "/data/my_bag", 1.0, loop, 60.0, 1.0)
 
 
 def test_rviz_config():

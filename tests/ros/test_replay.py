@@ -42,14 +42,14 @@ class Listener:
     def env(self) -> dict:
         return {**os.environ, "ROS_DOMAIN_ID": str(self.domain)}
 
-    def spin_until(self, predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    def spin_until(self, predicate, proc: subprocess.Popen, timeout: float = 60.0, drain: float = 5.0) -> None:
+        """Spin until ``predicate()``; once the replay has exited, keep draining for up to ``drain`` seconds
+        (a 1.1 MB cloud can still be in flight on a loaded machine)."""
         end = time.monotonic() + timeout
         while not predicate() and time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.05)
-            if proc.poll() is not None and not predicate():  # drain what is in flight, then stop
-                for _ in range(20):
-                    self.executor.spin_once(timeout_sec=0.05)
-                break
+            if proc.poll() is not None:
+                end = min(end, time.monotonic() + drain)
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -66,7 +66,8 @@ def test_replay_publishes_the_recorded_bytes():
     topics = {"/lidar_top/points": PointCloud2, "/cam_front/image_raw/compressed": CompressedImage}
     listener = Listener(topics)
     try:
-        proc = _replay([str(SAMPLE_BAG), "--topics", *topics, "--wait-for-subscribers", "30"], listener.env())
+        proc = _replay([str(SAMPLE_BAG), "--topics", *topics, "--wait-for-subscribers", "30", "--delay", "1"],
+                       listener.env())
         listener.spin_until(lambda: all(listener.received.values()), proc)
         # the replay's publishers offer the recorded QoS (sensor data: best effort)
         offered = {i.qos_profile.reliability.name for i in
@@ -103,7 +104,7 @@ def test_replay_keeps_the_timing_scaled_by_rate():
     got = listener.received["/lidar_top/points"]
     try:
         proc = _replay([str(SYNTH_BAG), "--rate", "4", "--topics", "/lidar_top/points",
-                        "--wait-for-subscribers", "30"], listener.env())
+                        "--wait-for-subscribers", "30", "--delay", "1"], listener.env())
         listener.spin_until(lambda: len(got) >= 40, proc)
         out, _ = proc.communicate(timeout=30)
     finally:
