@@ -591,9 +591,10 @@ def _inputs(prediction: np.ndarray, num_classes: Optional[int]) -> tuple[np.ndar
         return x, labels
     if pred.ndim != 2 or (num_classes is not None and pred.shape[1] != num_classes):
         raise ValueError(f"probabilities must be (N, {num_classes or 'C'}), got {pred.shape}")
-    x = np.clip(pred.astype(np.float32), 0.0, None)
+    x = pred.astype(np.float32)
     if not np.isfinite(x).all():
         raise ValueError("probabilities contain NaN or Inf")
+    np.clip(x, 0.0, None, out=x)
     labels = np.where(_row_sums(x) > 0, x.argmax(1), 0)
     return x, labels
 
@@ -622,11 +623,14 @@ def _finalize_kernel(values, rows, extra, extra_weight, input_labels, ground, fl
     dist = np.empty((n, nc), np.float32)
     labels = np.empty(n, np.int64)
     row = np.empty(nc)
+    use_extra = extra_weight != 0  # else ``extra`` may be a (1, C) placeholder: never read
     for i in range(n):
         r = rows[i]
         total = 0.0
         for ch in range(nc):
-            v = values[r, ch] + extra_weight * extra[i, ch]
+            v = values[r, ch]
+            if use_extra:
+                v += extra_weight * extra[i, ch]
             if (ground[i] and not flat[ch]) or (ch == 0 and input_labels[i] != 0):
                 v = 0.0
             row[ch] = v
@@ -654,7 +658,7 @@ def _finalize(out: _Output, x0: Optional[np.ndarray], input_labels: np.ndarray, 
     vectors ``x0``): ground points (N,) bool keep only the ``flat`` (C,) bool classes, class 0 is excluded for
     points whose input was a real class, and an all-zero distribution becomes the one-hot input label."""
     if x0 is None:
-        x0, weight = np.zeros((len(out.rows), out.values.shape[1]), np.float32), 0.0
+        x0, weight = np.zeros((1, out.values.shape[1]), np.float32), 0.0
     else:
         weight = float(out.skip)
     return _finalize_kernel(np.ascontiguousarray(out.values, dtype=np.float32), out.rows, x0, weight, input_labels,
@@ -691,10 +695,11 @@ class _Runner:
         self.flat_mask = np.isin(np.arange(num_classes), self.flat)
 
     def __call__(self, points: np.ndarray, prediction: np.ndarray, pseudo_labels: Optional[np.ndarray]) -> _Frame:
-        pts = np.asarray(points, dtype=np.float32)
+        pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] < 3:
             raise ValueError(f"points must be (N, 3+), got {pts.shape}")
-        pts = pts[:, :3]
+        # a copy: StreamingAFI keeps the frame, and a caller may refill its buffer with the next scan
+        pts = np.array(pts[:, :3], dtype=np.float32, order="C")
         if not np.isfinite(pts).all():
             raise ValueError("points contain NaN or Inf coordinates (drop or mask them before AFI)")
         x, labels = _inputs(prediction, self.num_classes)
@@ -704,7 +709,6 @@ class _Runner:
             x, labels = _merge_pseudo(pts, x, labels, pseudo_labels, self.cfg, self.pseudo)
         ground = ground_inliers(pts, self.cfg)
         keep = ~ground & (np.hypot(pts[:, 0], pts[:, 1]) > self.cfg.input_min_range)
-        pts = np.ascontiguousarray(pts)
         x *= keep[:, None]
         out_labels, probs = _finalize(_propagate(pts, x, self.cfg), x, labels, ground, self.flat_mask)
         return _Frame(probs, out_labels, labels, ground, pts)

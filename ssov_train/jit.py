@@ -5,6 +5,9 @@
 * ``error_model="numpy"``: no zero-division checks in inner loops (IEEE results, as numpy gives);
 * no ``parallel``: every budget is per core, and the node decides how many cores it uses.
 
+Caveat: numba's cache key is a kernel's own source file and signature, not these options. After editing
+them, delete the ``__pycache__`` folders of ssov_train (or touch the kernels' files) so nothing stale loads.
+
 Inner loops are written out: in numba a helper that takes arrays pays reference counting on every call (~5x
 the work of a top-k insertion); helpers on scalars (:data:`inline`) cost nothing.
 """

@@ -420,7 +420,25 @@ def test_non_finite_input_is_refused_with_a_clear_error():
     bad[10, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         afi_refine(bad, labels, AFIConfig(), C)
-    probs = np.eye(C, dtype=np.float32)[labels]
-    probs[3, 2] = np.inf
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        afi_refine(pts, probs, AFIConfig(), C)
+    for bad_value in (np.inf, -np.inf, np.nan):
+        probs = np.eye(C, dtype=np.float32)[labels]
+        probs[3, 2] = bad_value
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            afi_refine(pts, probs, AFIConfig(), C)
+
+
+def test_streaming_does_not_depend_on_the_caller_reusing_its_buffer():
+    """A caller may fill one array per scan: a stored frame must keep its own coordinates."""
+    def stream():
+        return StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=2, decay=1.0))
+
+    fresh, reused = stream(), stream()
+    buffer = np.empty((20_000, 3), np.float32)
+    for i, car_label in enumerate([CAR, TRUCK, CAR]):
+        pts, labels, pose, _ = _frame(i, car_label, seed=30 + i)
+        want = fresh.update(pts.astype(np.float32), labels, pose)
+        view = buffer[:len(pts)]
+        view[:] = pts
+        got = reused.update(view, labels, pose)
+        buffer[:] = 1e3  # the caller moves on: the next scan overwrites its buffer
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])

@@ -19,7 +19,7 @@ from ..jit import inline, jit
 
 _AXIS_BITS = 21  # voxel coordinate bits per axis in a key
 _AXIS_VOXELS = 1 << _AXIS_BITS
-_MIN_VOXEL = 1e-30  # metres; far below lidar precision, far above float32's overflow of 1 / size (~3e-39)
+_MIN_VOXEL = 1e-30  # metres: far below lidar precision; a smaller extent is one location (one voxel, size 1)
 _EMPTY = -1
 
 
@@ -155,7 +155,7 @@ def group_by_voxel(points: np.ndarray, size: float, expected_voxels: Optional[in
     xyz, origin, extent = _coordinates(points)
     size = max(float(size), extent / (_AXIS_VOXELS - 2), _MIN_VOXEL)
     n = len(xyz[0])
-    expected = min(n, 1024) if expected_voxels is None else max(1, min(n, int(expected_voxels)))
+    expected = max(1, min(n, 1024 if expected_voxels is None else int(expected_voxels)))
     slots = 1 << max(4, int(math.ceil(math.log2(2 * expected))))
     voxel_of = np.empty(n, np.int64)
     while True:  # a table too small for the voxels is replaced by one 4x larger (rare: the hint is close)
@@ -174,6 +174,8 @@ def search_voxel_size(points: np.ndarray, m: int, tolerance: float = 0.03) -> fl
     Regula falsi on log(count) vs log(size), bracketed: ~N voxels at extent / 2N (even for a line), 1 at the
     extent; counts are linear-counting estimates (:func:`_estimate_occupied`). Lands within ``tolerance`` of
     ``m`` or as close as 16 trials get. One location (extent ~0) gives size 1."""
+    if m < 1:
+        raise ValueError(f"search_voxel_size: m must be >= 1, got {m}")
     xyz, origin, ext = _coordinates(points)
     n = len(xyz[0])
     if ext <= _MIN_VOXEL:
@@ -234,6 +236,8 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
     seeds its k-NN search with it). The groups are None when ``m`` >= N (every point is a centre).
     """
     n = len(points)
+    if m < 1:
+        raise ValueError(f"grid_sample: m must be >= 1, got {m}")
     if m >= n:
         return np.arange(n), None
     groups = group_by_voxel(points, search_voxel_size(points, m, tolerance), expected_voxels=m)
@@ -264,5 +268,7 @@ def farthest_point_sample(points: np.ndarray, m: int, start: int = 0) -> np.ndar
     n = len(points)
     if m >= n:
         return np.arange(n)
+    if not 0 <= start < n:
+        raise ValueError(f"farthest_point_sample: start must be in 0..{n - 1}, got {start}")
     xyz, _, _ = _coordinates(points)
     return _fps(*xyz, int(m), int(start))

@@ -75,5 +75,20 @@ def test_small_empty_duplicate_and_bad_inputs():
     assert a.shape == (2, 1)
     with pytest.raises(ValueError, match="finite"):
         KDTree(np.array([[0.0, np.nan, 1.0]]))
-    with pytest.raises(ValueError, match="groups"):
-        KDTree(pts, groups=(np.arange(10), np.array([0, 10])))
+    for order, starts in ((np.arange(10), [0, 10]),  # does not cover the 50 points
+                          (np.arange(50), [0, 20, 20, 50]),  # an empty group
+                          (np.r_[np.arange(49), 0], [0, 50])):  # a point twice, one missing
+        with pytest.raises(ValueError, match="groups"):
+            KDTree(pts, groups=(order, np.array(starts)))
+
+
+def test_query_arguments_are_checked():
+    tree = KDTree(lidar_like(5, 200))
+    with pytest.raises(ValueError, match="max_distance"):
+        tree.query(np.zeros((1, 3)), 2, max_distance=-1.0)
+    with pytest.raises(ValueError, match="max_distance"):
+        tree.query(np.zeros((1, 3)), 2, max_distance=float("nan"))
+    with pytest.raises(ValueError, match="one length"):
+        tree.query((np.zeros(3), np.zeros(2), np.zeros(3)), 1)
+    with pytest.raises(ValueError, match="overflow"):
+        KDTree(np.array([[1e160, 0.0, 0.0], [0.0, 0.0, 0.0]]))

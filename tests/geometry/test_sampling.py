@@ -65,3 +65,17 @@ def test_farthest_point_sampling_is_exact():
     d = np.linalg.norm(pts[:, None] - pts[fps][None], axis=2)
     for i in range(1, 50):  # each new point is the farthest from those chosen before it
         assert np.isclose(d[fps[i], :i].min(), d[:, :i].min(1).max())
+
+
+def test_empty_and_invalid_requests():
+    empty = group_by_voxel(np.zeros((0, 3)), 0.1)
+    assert empty.num_voxels == 0 and len(empty.voxel_of) == 0
+    pts = np.random.default_rng(4).normal(size=(100, 3))
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        grid_sample(pts, 0)
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        search_voxel_size(pts, 0)
+    with pytest.raises(ValueError, match="start"):
+        farthest_point_sample(pts, 5, start=100)
+    with pytest.raises(ValueError, match="start"):
+        farthest_point_sample(pts, 5, start=-1)
