@@ -152,7 +152,11 @@ def _coordinates(points: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.n
 def group_by_voxel(points: np.ndarray, size: float, expected_voxels: Optional[int] = None) -> VoxelGroups:
     """Group (N, 3+) points by cubic voxels of ``size`` metres (raised where needed so that the extent fits
     21 bits per axis). ``expected_voxels`` only sizes the first hash table."""
-    xyz, origin, extent = _coordinates(points)
+    return _group(*_coordinates(points), size, expected_voxels)
+
+
+def _group(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], origin: np.ndarray, extent: float, size: float,
+           expected_voxels: Optional[int]) -> VoxelGroups:
     size = max(float(size), extent / (_AXIS_VOXELS - 2), _MIN_VOXEL)
     n = len(xyz[0])
     expected = max(1, min(n, 1024 if expected_voxels is None else int(expected_voxels)))
@@ -176,7 +180,11 @@ def search_voxel_size(points: np.ndarray, m: int, tolerance: float = 0.03) -> fl
     ``m`` or as close as 16 trials get. One location (extent ~0) gives size 1."""
     if m < 1:
         raise ValueError(f"search_voxel_size: m must be >= 1, got {m}")
-    xyz, origin, ext = _coordinates(points)
+    return _search_size(*_coordinates(points), m, tolerance)
+
+
+def _search_size(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], origin: np.ndarray, ext: float, m: int,
+                 tolerance: float) -> float:
     n = len(xyz[0])
     if ext <= _MIN_VOXEL:
         return 1.0
@@ -202,21 +210,14 @@ def search_voxel_size(points: np.ndarray, m: int, tolerance: float = 0.03) -> fl
 
 
 @jit
-def _nearest_to_mean(x, y, z, order, starts):
-    """Per voxel, its point nearest to the voxel's mean (the first such in point order)."""
+def _nearest_to_mean(x, y, z, order, starts, means):
+    """Per voxel, its point nearest to the voxel's mean ((3, V), :func:`_means`); the first such in point order."""
     nv = len(starts) - 1
     out = np.empty(nv, np.int64)
     for v in range(nv):
-        a, b = starts[v], starts[v + 1]
-        mx = my = mz = 0.0
-        for t in range(a, b):
-            j = order[t]
-            mx += x[j]
-            my += y[j]
-            mz += z[j]
-        mx, my, mz = mx / (b - a), my / (b - a), mz / (b - a)
-        best, best_d = order[a], np.inf
-        for t in range(a, b):
+        mx, my, mz = means[0, v], means[1, v], means[2, v]
+        best, best_d = order[starts[v]], np.inf
+        for t in range(starts[v], starts[v + 1]):
             j = order[t]
             d = (x[j] - mx) ** 2 + (y[j] - my) ** 2 + (z[j] - mz) ** 2
             if d < best_d:
@@ -240,8 +241,9 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
         raise ValueError(f"grid_sample: m must be >= 1, got {m}")
     if m >= n:
         return np.arange(n), None
-    groups = group_by_voxel(points, search_voxel_size(points, m, tolerance), expected_voxels=m)
-    return _nearest_to_mean(*groups.xyz, groups.order, groups.starts), groups
+    cloud = _coordinates(points)  # converted and checked once, for the size search and the grouping
+    groups = _group(*cloud, _search_size(*cloud, m, tolerance), m)
+    return _nearest_to_mean(*groups.xyz, groups.order, groups.starts, groups.means()), groups
 
 
 @jit
