@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-# Both create .venv from the pinned requirements when needed (idempotent; a no-op when up to date).
+# Both create .venv from the lock (requirements.txt, every package pinned) when needed; a no-op when up to date.
+# `make lock` re-resolves the lock from the top-level requirements.in (then commit both).
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -14,26 +15,40 @@ export HF_HUB_OFFLINE := 1
 export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
-.PHONY: venv test demo demo-pipeline export bench ablation clean
+.PHONY: venv lock check-lock test demo demo-pipeline export bench ablation clean
 
 venv: $(STAMP)
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "Installing pinned requirements into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt > $(VENV)/install.log 2>&1 \
+	@echo "Installing the locked requirements into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements.txt > $(VENV)/install.log 2>&1 \
 		|| (grep -v '^WARNING: Location' $(VENV)/install.log | tail -30; exit 1)
+	@$(PY) -m pip check >> $(VENV)/install.log 2>&1 || (tail -5 $(VENV)/install.log; exit 1)
 	@$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . >> $(VENV)/install.log 2>&1 \
 		|| (tail -30 $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# Re-resolve the full lock from requirements.in in a scratch venv (pip, so torch==2.13.0 takes the CPU wheel).
+LOCK_VENV := $(CURDIR)/.lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --disable-pip-version-check -q -r requirements.in
+	$(LOCK_VENV)/bin/pip check
+	$(LOCK_VENV)/bin/python tools/lockfile.py write requirements.in > requirements.txt.tmp
+	mv requirements.txt.tmp requirements.txt && rm -rf $(LOCK_VENV)
+
+check-lock: $(STAMP)
+	@$(PY) tools/lockfile.py check requirements.txt
+
+# ARGS narrows the run, e.g. make test ARGS=tests/test_afi.py
+test: check-lock
+	$(PY) -m pytest -q $(ARGS)
 
 # The demo model as an ONNX model package (what the node runs by default on CPU): exported and parity-checked
 # against spconv on the real sample, once (about 15 s).
 DEMO_PKG := models/ssov_synthetic_minkunet34c_w025.ssovpkg
-$(DEMO_PKG)/model.yaml: models/ssov_synthetic_minkunet34c_w025.pt $(wildcard export/*.py) | $(STAMP)
+$(DEMO_PKG)/model.yaml: models/ssov_synthetic_minkunet34c_w025.pt $(wildcard ssov_export/*.py) | $(STAMP)
 	$(VENV)/bin/ssov-export onnx --checkpoint $< --out $(DEMO_PKG)
 
 export: $(DEMO_PKG)/model.yaml

@@ -9,7 +9,7 @@ package_name = "ssov_ros"
 setup(
     name=package_name,
     version="0.1.0",
-    packages=find_packages(include=["ssov_train", "ssov_train.*", "ssov_ros", "ssov_ros.*", "export", "export.*"]),
+    packages=find_packages(include=["ssov_train", "ssov_train.*", "ssov_ros", "ssov_ros.*", "ssov_export", "ssov_export.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -26,7 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ssov-train = ssov_train.cli:main",
-            "ssov-export = export.cli:main",
+            "ssov-export = ssov_export.cli:main",
             "ssov_segmenter = ssov_ros.node:main",
             "ssov-replay = ssov_ros.replay:main",
             "ssov-record = ssov_ros.record:main",

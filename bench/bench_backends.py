@@ -10,7 +10,7 @@ GFLOP/s of each network over the MACs spconv really does (occupied neighbours on
 
     .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG] [--old-export DIR]
 
-``--old-export DIR`` adds a third column: another version of the ``export/`` package (a copy of the directory,
+``--old-export DIR`` adds a third column: another version of the ``ssov_export/`` package (a copy of the directory,
 e.g. before a change), exporting its own package and running in the same interleaved loop.
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from export.kernel_maps import build_kernel_maps  # noqa: E402
-from export.onnx_export import export_package  # noqa: E402
+from ssov_export.kernel_maps import build_kernel_maps  # noqa: E402
+from ssov_export.onnx_export import export_package  # noqa: E402
 from ssov_train.afi import AFIConfig  # noqa: E402
 from ssov_train.data.sample import SampleReader  # noqa: E402
 from ssov_train.geometry.voxelize import voxelize  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--package", type=Path, help="exported package (default: export the demo model to a temp dir)")
-    ap.add_argument("--old-export", type=Path, help="a copy of another export/ version to compare in the same run")
+    ap.add_argument("--old-export", type=Path, help="a copy of another ssov_export/ version to compare in the same run")
     args = ap.parse_args()
 
     reader = SampleReader(REPO / "data" / "nuscenes_sample")

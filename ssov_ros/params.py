@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from export.package import ONNX_FILE, SIDECAR_FILE
+from ssov_export.package import ONNX_FILE, SIDECAR_FILE
 from ssov_train.afi import AFIConfig, TemporalConfig
 from ssov_train.config import from_dict, nest_dotted
 from ssov_train.errors import ConfigError
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "ssov_ros"
 # the demo model exported by `make export`: what the node runs by default (onnxruntime on CPU)
 DEFAULT_MODEL = "models/ssov_synthetic_minkunet34c_w025.ssovpkg"
-PACKAGE_SUFFIX = ".ssovpkg"  # export/package.py's naming convention for package directories
+PACKAGE_SUFFIX = ".ssovpkg"  # ssov_export/package.py's naming convention for package directories
 
 
 @dataclass

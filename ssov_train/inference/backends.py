@@ -8,8 +8,8 @@ export parity tests hold them to that).  Names map to ``module:attribute`` facto
 name            factory                                     model file
 ==============  ==========================================  ======================================
 torch           ssov_train.inference.backends:TorchBackend  ``*.pt`` ssov-checkpoint
-onnxruntime     export.onnx_backend:OnnxRuntimeBackend      exported model package (ONNX + sidecar)
-tensorrt        export.tensorrt_backend:TensorRTBackend     exported model package (engine cache)
+onnxruntime     ssov_export.onnx_backend:OnnxRuntimeBackend      exported model package (ONNX + sidecar)
+tensorrt        ssov_export.tensorrt_backend:TensorRTBackend     exported model package (engine cache)
 ==============  ==========================================  ======================================
 """
 
@@ -27,8 +27,8 @@ from .spec import ModelSpec
 
 _FACTORIES: dict[str, str | Callable[..., "Backend"]] = {
     "torch": "ssov_train.inference.backends:TorchBackend",
-    "onnxruntime": "export.onnx_backend:OnnxRuntimeBackend",
-    "tensorrt": "export.tensorrt_backend:TensorRTBackend",
+    "onnxruntime": "ssov_ssov_export.onnx_backend:OnnxRuntimeBackend",
+    "tensorrt": "ssov_ssov_export.tensorrt_backend:TensorRTBackend",
 }
 
 

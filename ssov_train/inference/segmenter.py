@@ -123,7 +123,7 @@ class Segmenter:
         t = time.perf_counter()
         out = self.backend.run(vox.features, vox.coords, vox.spatial_shape)
         timings["network"] = _ms(t)
-        # backends that compute kernel maps outside the network (export/) report them as a stage of their own
+        # backends that compute kernel maps outside the network (ssov_export/) report them as a stage of their own
         timings.update(self.backend.last_timings_ms)
         if out.shape[0] != vox.num_voxels:
             raise DataError(f"backend {self.backend.name} returned {out.shape[0]} rows for {vox.num_voxels} voxels")

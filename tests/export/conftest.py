@@ -93,7 +93,7 @@ def small_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_package(tmp_path_factory, small_checkpoint) -> Path:
-    from export.onnx_export import export_package
+    from ssov_export.onnx_export import export_package
 
     out, parity = export_package(small_checkpoint, tmp_path_factory.mktemp("pkg") / "small.ssovpkg")
     assert parity is not None and parity.ok, parity
@@ -103,6 +103,6 @@ def small_package(tmp_path_factory, small_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def demo_package(tmp_path_factory):
     """The shipped demo model exported once per session: (package, parity on the real sample)."""
-    from export.onnx_export import export_package
+    from ssov_export.onnx_export import export_package
 
     return export_package(DEMO, tmp_path_factory.mktemp("pkg") / "demo.ssovpkg")

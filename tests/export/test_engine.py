@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from export import engine as eng
-from export.kernel_maps import build_kernel_maps, input_names
-from export.package import load_package
+from ssov_export import engine as eng
+from ssov_export.kernel_maps import build_kernel_maps, input_names
+from ssov_export.package import load_package
 from ssov_train.errors import DataError
 from ssov_train.geometry.voxelize import voxelize
 

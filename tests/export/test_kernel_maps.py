@@ -1,4 +1,4 @@
-"""Kernel maps (export/kernel_maps.py) against spconv's own convolutions and a brute-force neighbour count."""
+"""Kernel maps (ssov_export/kernel_maps.py) against spconv's own convolutions and a brute-force neighbour count."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 
 import ssov_train.models  # noqa: F401  (spconv CPU fixes)
 import spconv.pytorch as spconv
-from export.kernel_maps import NUM_LEVELS, SUBM_CENTER, SUBM_OFFSETS, build_kernel_maps, input_names
-from export.onnx_graph import _fold
+from ssov_export.kernel_maps import NUM_LEVELS, SUBM_CENTER, SUBM_OFFSETS, build_kernel_maps, input_names
+from ssov_export.onnx_graph import _fold
 from ssov_train.errors import DataError
 from ssov_train.geometry.voxelize import VoxelConfig, voxelize
 

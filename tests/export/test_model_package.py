@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from export.package import CPU_ONNX_FILE, ONNX_FILE, SIDECAR_FILE, load_package
+from ssov_export.package import CPU_ONNX_FILE, ONNX_FILE, SIDECAR_FILE, load_package
 from ssov_train.errors import DataError
 from ssov_train.inference import open_backend
 from ssov_train.inference.backends import default_backend

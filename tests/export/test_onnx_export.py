@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.onnx_export import MAX_ABS_DIFF, MIN_LABEL_AGREEMENT, compare, spconv_logits
+from ssov_export.onnx_export import MAX_ABS_DIFF, MIN_LABEL_AGREEMENT, compare, spconv_logits
 from ssov_train.training.checkpoint import load_model
 from ssov_train.geometry.voxelize import voxelize
 from ssov_train.inference import Segmenter, open_backend
@@ -44,7 +44,7 @@ def test_graph_choice_is_checked(small_package):
 
 def test_feature_model_parity(tmp_path, checkpoint_factory):
     """A TMP (pre-training) model: L2-normalised feature head, no classes."""
-    from export.onnx_export import export_package
+    from ssov_export.onnx_export import export_package
 
     ckpt = checkpoint_factory(tmp_path / "tmp.pt", stage="pretrain", width=0.0625, feature_dim=12, seed=2)
     pkg, parity = export_package(ckpt, tmp_path / "tmp.ssovpkg")
@@ -78,7 +78,7 @@ def test_backend_handles_tiny_and_odd_scans(small_package):
 
 
 def test_cli_exports_and_checks(tmp_path, small_checkpoint, capsys):
-    from export.cli import main
+    from ssov_export.cli import main
 
     pkg = tmp_path / "cli.ssovpkg"
     assert main(["onnx", "--checkpoint", str(small_checkpoint), "--out", str(pkg), "--profile", "500,16000,40000"]) == 0

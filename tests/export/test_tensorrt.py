@@ -21,7 +21,7 @@ except ImportError as exc:
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT is installed: the refusal path does not apply")
 def test_without_tensorrt_the_backend_refuses_with_one_clear_error(small_package):
     with pytest.raises(ConfigError, match="TensorRT is not available here"):
-        importlib.import_module("export.trt_api")
+        importlib.import_module("ssov_export.trt_api")
     with pytest.raises(ConfigError, match="TensorRT is not available here"):
         open_backend(small_package, "tensorrt")
 
@@ -29,8 +29,8 @@ def test_without_tensorrt_the_backend_refuses_with_one_clear_error(small_package
 @pytest.mark.skipif(TRT_MISSING is not None, reason=TRT_MISSING or "")
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-3), ("fp16", 5e-2)])
 def test_engine_builds_caches_and_matches_onnxruntime(small_package, real_sweep, tmp_path, precision, atol):
-    from export.onnx_export import compare
-    from export.tensorrt_backend import TensorRTBackend
+    from ssov_export.onnx_export import compare
+    from ssov_export.tensorrt_backend import TensorRTBackend
     from ssov_train.geometry.voxelize import voxelize
 
     trt_backend = TensorRTBackend(small_package, precision=precision, cache_dir=tmp_path)

@@ -284,7 +284,7 @@ def test_startup_errors_are_one_clear_error(tmp_path):
 
 def test_exported_package_through_the_onnxruntime_backend(frame, plain, tmp_path):
     """model.backend auto picks onnxruntime for an exported package (a directory); same labels as torch."""
-    from export.onnx_export import export_package
+    from ssov_export.onnx_export import export_package
 
     package, _ = export_package(DEMO_MODEL, tmp_path / "demo.ssovpkg", check=False)
     h = Harness({"model.path": str(package), "afi.enabled": False})

@@ -118,7 +118,7 @@ def test_default_model_is_the_exported_package(tmp_path, monkeypatch, frame):
     """The default model.path names the package `make export` writes; it runs on onnxruntime. Without it, but
     with its checkpoint, start-up fails with the command that exports it (a stand-in repository in tmp_path)."""
     pytest.importorskip("onnxruntime")
-    from export.onnx_export import export_package
+    from ssov_export.onnx_export import export_package
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(params, "REPO", tmp_path)

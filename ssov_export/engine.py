@@ -1,12 +1,12 @@
 """TensorRT engines without TensorRT: everything about building and caching engines that is plain Python
-(tested here, where ``import tensorrt`` fails).  The calls into the TensorRT API live in export/trt_api.py.
+(tested here, where ``import tensorrt`` fails).  The calls into the TensorRT API live in ssov_export/trt_api.py.
 
 * **Cache key**: ONNX sha256 + TensorRT version + GPU name + compute capability + precision + profile.  An
   engine is only valid for the exact TensorRT build and GPU it was built on (peers.md §B8: "engine plan file
   generated on an incompatible device"), so all of these go into the file name *and* into a JSON record next
   to it, and :func:`decide` re-checks the record (and the engine's own sha256) before loading.
 * **Profiles**: min/opt/max shapes of every graph input, derived from the sidecar's ``profile`` (voxels) and
-  ``chunks`` (see export/kernel_maps.py for what each input is).
+  ``chunks`` (see ssov_export/kernel_maps.py for what each input is).
 * **ONNX checks** that matter for TensorRT: opset, supported ops, int32 index inputs, named dynamic axes.
 * **Runtime guard**: a scan whose inputs fall outside the profile is refused with a clear error (TensorRT
   would fail inside ``execute``), like Autoware's point-count guard.

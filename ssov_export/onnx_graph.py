@@ -1,8 +1,8 @@
-"""The MinkUNet as an ONNX graph whose kernel maps are inputs (see export/kernel_maps.py).
+"""The MinkUNet as an ONNX graph whose kernel maps are inputs (see ssov_export/kernel_maps.py).
 
 Built node by node with ``onnx.helper`` from a trained :class:`~ssov_train.models.minkunet.MinkUNet` (spconv
 modules are not exportable: deps.md §3).  BatchNorm is folded into the preceding conv (weights scaled per output
-channel, bias added), so one conv through rulebook ``rb`` (export/kernel_maps.py) is::
+channel, bias added), so one conv through rulebook ``rb`` (ssov_export/kernel_maps.py) is::
 
     xp = Concat(x, 0-row)                                   # row num_in: the padding target of rb_in
     m  = MatMul(Gather(xp, rb_in), Gather(W[K, Cin, Cout], rb_kernel))       # (chunks, B, Cout) messages
@@ -16,7 +16,7 @@ The graph starts by putting the voxels in level-0 row order (``Gather(features, 
 That is the **portable** flavour (model.onnx: TensorRT, CUDA EP).  The **cpu** flavour (model_cpu.onnx, what
 onnxruntime runs on CPU) sums a submanifold conv's messages into its centre term in one op,
 ``ScatterND(Gemm(x, W_centre, bias), <rb>_to, m, reduction="add")`` (TensorRT's parser cannot reduce in
-ScatterND), and needs no reorder: its rows are in the voxelizer's order (export/kernel_maps.py).
+ScatterND), and needs no reorder: its rows are in the voxelizer's order (ssov_export/kernel_maps.py).
 
 Ops: Concat, Gather, MatMul, Gemm, Reshape, Add, Relu, Shape, Slice, ConstantOfShape (and ReduceL2 / Max /
 Div for L2-normalised feature heads), all native TensorRT layers, no plugin; opset 17; index inputs int32.

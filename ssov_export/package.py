@@ -2,13 +2,13 @@
 
 Layout (a directory, by convention ``<name>.ssovpkg/``)::
 
-    model.onnx     the network; kernel maps are inputs (export/onnx_graph.py, portable flavour: TensorRT, CUDA)
+    model.onnx     the network; kernel maps are inputs (ssov_export/onnx_graph.py, portable flavour: TensorRT, CUDA)
     model_cpu.onnx the same network in the cpu flavour (onnxruntime on CPU; packages without it run model.onnx)
     model.yaml     the sidecar: format/version, ModelSpec fields (classes, palette, voxelization, input fields,
                    model config, stage, vocabulary, feature dim), text embeddings file if any, the chunk length of
                    every rulebook, the TensorRT profile (min/opt/max voxels), opset, versions that made it,
                    sha256 of model.onnx (and model_cpu.onnx), and the parity figures measured at export
-    engines/       TensorRT engine cache (export/engine.py), created on the target machine
+    engines/       TensorRT engine cache (ssov_export/engine.py), created on the target machine
 
 The sha256s are checked on every load: an ONNX file that does not match its sidecar is refused by name.
 """

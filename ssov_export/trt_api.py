@@ -1,9 +1,9 @@
 """The only module that calls TensorRT (10.x Python API).  Importing it without TensorRT raises
 :class:`~ssov_train.errors.ConfigError` saying so; the decisions around it (cache key, profiles, rebuilds,
-shape guard) are plain Python in export/engine.py.
+shape guard) are plain Python in ssov_export/engine.py.
 
 No plugin is needed: the graph uses native layers only (Gather, MatMul, Reduce, Concat, ...); see
-export/onnx_graph.py.  I/O buffers are torch CUDA tensors (torch is a project dependency on GPU machines).
+ssov_export/onnx_graph.py.  I/O buffers are torch CUDA tensors (torch is a project dependency on GPU machines).
 """
 
 from __future__ import annotations

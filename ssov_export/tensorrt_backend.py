@@ -1,7 +1,7 @@
 """TensorRT backend and engine build: the model package's ONNX -> a cached, validated engine.
 
 ``open_backend(pkg, "tensorrt", precision="fp16")`` loads the engine cached for this ONNX / TensorRT / GPU /
-precision / profile (export/engine.py), building it first when there is none or the cached one does not
+precision / profile (ssov_export/engine.py), building it first when there is none or the cached one does not
 match.  ``ssov-export engine PKG [--fp16] [--build-only]`` does the same from the command line.
 """
 

@@ -30,7 +30,7 @@ Kernel index convention (checked against spconv in tests/export): 3^3 offset (a,
 reads fine site ``2 * out + (a, b, c)``.  All index arrays are int32 (TensorRT's native index type; 2^31 rows
 is far beyond any scan).
 
-Two **flavours** of the same rulebooks feed the two graphs of a package (export/onnx_graph.py):
+Two **flavours** of the same rulebooks feed the two graphs of a package (ssov_export/onnx_graph.py):
 
 * ``portable`` (above, scatter-free): TensorRT and the CUDA execution provider;
 * ``cpu`` (onnxruntime on CPU): submanifold messages are summed with ``ScatterND(reduction="add")``, which

@@ -1,0 +1,81 @@
+"""The dependency lock: write it from a resolved environment, or check an environment against it.
+
+    python tools/lockfile.py write requirements.in > requirements.txt   # inside a venv resolved from requirements.in
+    python tools/lockfile.py check requirements.txt                     # exit 1 with one line when the venv differs
+
+`make lock` runs ``write`` in a scratch venv that pip resolved from requirements.in alone; `make` installs
+requirements.txt with --no-deps, so a fresh machine gets exactly the locked set; `make test` runs ``check`` first.
+Only the interpreter's own installers (pip, setuptools, wheel) and the project itself are left out of the lock.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+NOT_LOCKED = {"pip", "setuptools", "wheel", "ssov-ros"}
+
+
+def normalise(name: str) -> str:
+    """PEP 503 name normalisation: 'Shapely' and 'shapely', 'ros_kilted_rclpy' and 'ros-kilted-rclpy' are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed() -> dict[str, tuple[str, str]]:
+    """{normalised name: (name as distributed, version)} of the running interpreter's environment."""
+    found = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and normalise(name) not in NOT_LOCKED:
+            found[normalise(name)] = (name, dist.version)
+    return found
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    pins = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+        if not match:
+            raise SystemExit(f"{path}:{number}: not a 'name==version' pin: {raw!r}")
+        pins[normalise(match.group(1))] = match.group(2)
+    return pins
+
+
+def write(top_level: Path) -> None:
+    print(f"# The full lock: every package the project's venv installs, resolved by pip from {top_level.name}.")
+    print("# Regenerate with `make lock` (never edit by hand); `make` installs it with --no-deps.")
+    print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}, CPU build of torch.")
+    for _, (name, version) in sorted(installed().items()):
+        print(f"{name}=={version}")
+
+
+def check(lock_path: Path) -> int:
+    pins = read_lock(lock_path)
+    have = installed()
+    problems = []
+    for key, version in sorted(pins.items()):
+        if key not in have:
+            problems.append(f"{key} missing (lock {version})")
+        elif have[key][1] != version:
+            problems.append(f"{key} {have[key][1]} (lock {version})")
+    problems += [f"{have[key][0]} {have[key][1]} not in the lock" for key in sorted(set(have) - set(pins))]
+    if problems:
+        print(f"The venv differs from {lock_path.name}: {'; '.join(problems)}. "
+              f"Rebuild it: rm -rf .venv && make test", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
+        raise SystemExit(__doc__)
+    if sys.argv[1] == "write":
+        write(Path(sys.argv[2]))
+    else:
+        sys.exit(check(Path(sys.argv[2])))
