@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
-.PHONY: venv lock check-lock test demo demo-pipeline export bench ablation clean
+.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench ablation clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,18 @@ lock:
 	$(LOCK_VENV)/bin/pip check
 	$(LOCK_VENV)/bin/python tools/lockfile.py write requirements.in > requirements.txt.tmp
 	mv requirements.txt.tmp requirements.txt && rm -rf $(LOCK_VENV)
+
+# The GPU machines' lock (CPython 3.12, manylinux x86_64, their own CUDA torch), resolved here without installing;
+# packages shared with requirements.txt keep its versions.
+GPU_PLATFORM := CPython 3.12 on manylinux_2_28_x86_64 (this project's GPU machines; torch is the machine's own CUDA build)
+lock-gpu:
+	grep -v '^torch\|^torchvision' requirements.txt > .lock-gpu-constraints.txt
+	$(PYTHON) -m pip install --disable-pip-version-check -q --dry-run --ignore-installed --report .lock-gpu.json \
+		--python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --only-binary=:all: --target .lock-gpu-target \
+		-c .lock-gpu-constraints.txt -r requirements-gpu.in
+	$(PYTHON) tools/lockfile.py report requirements-gpu.in .lock-gpu.json "$(GPU_PLATFORM)" > requirements-gpu.txt.tmp
+	mv requirements-gpu.txt.tmp requirements-gpu.txt && rm -rf .lock-gpu.json .lock-gpu-constraints.txt .lock-gpu-target
 
 check-lock: $(STAMP)
 	@$(PY) tools/lockfile.py check requirements.txt

@@ -2,6 +2,7 @@
 
     python tools/lockfile.py write requirements.in > requirements.txt   # inside a venv resolved from requirements.in
     python tools/lockfile.py check requirements.txt                     # exit 1 with one line when the venv differs
+    python tools/lockfile.py report requirements-gpu.in REPORT.json "FOR"  # a lock from `pip install --dry-run --report`
 
 `make lock` runs ``write`` in a scratch venv that pip resolved from requirements.in alone; `make` installs
 requirements.txt with --no-deps, so a fresh machine gets exactly the locked set; `make test` runs ``check`` first.
@@ -55,9 +56,9 @@ def write(top_level: Path) -> None:
         print(f"{name}=={version}")
 
 
-def check(lock_path: Path) -> int:
+def check(lock_path: Path, have: dict[str, tuple[str, str]] | None = None) -> int:
     pins = read_lock(lock_path)
-    have = installed()
+    have = installed() if have is None else have
     problems = []
     for key, version in sorted(pins.items()):
         if key not in have:
@@ -72,10 +73,24 @@ def check(lock_path: Path) -> int:
     return 0
 
 
+def write_from_report(top_level: Path, report: Path, resolved_for: str) -> None:
+    """A lock for another platform (the GPU machines' Python): pip resolved it without installing (--dry-run --report)."""
+    import json
+
+    print(f"# The full lock of {top_level.name}, resolved by pip (--dry-run --report) from {top_level.name}.")
+    print("# Regenerate with `make lock-gpu` (never edit by hand); install with pip install --no-deps -r <this file>.")
+    print(f"# Resolved for {resolved_for}.")
+    items = json.loads(report.read_text())["install"]
+    for item in sorted(items, key=lambda i: normalise(i["metadata"]["name"])):
+        print(f"{item['metadata']['name']}=={item['metadata']['version']}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
+    if len(sys.argv) == 5 and sys.argv[1] == "report":
+        write_from_report(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
         raise SystemExit(__doc__)
-    if sys.argv[1] == "write":
+    elif sys.argv[1] == "write":
         write(Path(sys.argv[2]))
     else:
         sys.exit(check(Path(sys.argv[2])))
