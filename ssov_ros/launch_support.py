@@ -33,11 +33,11 @@ def exit_handler(name: str, shutdown_on_success: bool) -> Callable[[Any, Any], l
 def package_installed(name: str) -> bool:
     """Whether the ament index knows package ``name`` (e.g. rviz2, which is optional)."""
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
     except ImportError:
         return False
     try:
-        get_package_share_directory(name)
+        get_package_prefix(name)
     except (PackageNotFoundError, ValueError):
         return False
     return True
