@@ -1,7 +1,10 @@
-"""The node's parameters as a typed dataclass tree, ROS-free: defaults, validation, flat ROS names.
+"""The node's parameters as a typed dataclass tree, ROS-free: defaults, descriptions, ranges, validation, names.
 
-ROS parameter names are the dotted paths of the fields (``afi.enabled``, ``temporal.history``); the file
-``config/ssov_node.yaml`` lists every one with its default, and the README's "ROS 2 node" section explains them.
+ROS parameter names are the dotted paths of the fields (``afi.enabled``, ``temporal.history``). Each field is
+declared with :func:`_param`: its default plus what ``ros2 param describe`` shows (description, inclusive range,
+read-only or changeable at runtime). :func:`parameter_table` returns them all as :class:`ParamSpec` rows, the data
+the node declares from (and a parameter reference can be generated from); ``config/ssov_node.yaml`` lists every
+one with its default. An optional number's "unset" is NaN on the ROS side (``.nan`` in YAML) and None here.
 Model-bound values (classes, palette, voxel grid, input fields) are NOT parameters: they come from the model
 file (:class:`ssov_train.inference.ModelSpec`); ``model.expect_classes`` only checks them.
 """
