@@ -152,5 +152,9 @@ def test_installed_node_labels_the_shipped_bag_and_serves_its_parameters(install
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        log = proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
+    # the start-up line names what it listens to (resolved names: remappings show)
+    assert "subscribed: /ssov_segmenter/input/points, /ssov_segmenter/query" in log, log[-3000:]
+    assert "parameters changed: input.max_range=10.0" in log
