@@ -158,3 +158,8 @@ def test_installed_node_labels_the_shipped_bag_and_serves_its_parameters(install
     # the start-up line names what it listens to (resolved names: remappings show)
     assert "subscribed: /ssov_segmenter/input/points, /ssov_segmenter/query" in log, log[-3000:]
     assert "parameters changed: input.max_range=10.0" in log
+    # the default model: the exported package where `make export` built it before the build, else its checkpoint
+    if (REPO / "models" / "ssov_synthetic_minkunet34c_w025.ssovpkg" / "model.yaml").is_file():
+        assert "model ssov_synthetic_minkunet34c_w025.ssovpkg via onnxruntime" in log
+    else:
+        assert "model ssov_synthetic_minkunet34c_w025.pt via torch" in log and "not installed" in log
