@@ -262,6 +262,7 @@ class SegmenterNode(Node):
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """`ros2 param set` of runtime parameters (rclpy refuses read-only ones and out-of-range values before
         this): the whole new configuration is checked, and a new AFI stage built, before anything changes."""
+        self._pending_change = None  # a change another callback refused must not be applied with the next one
         ours = {p.name: p.value for p in params if p.name in self._param_names}
         if not ours:
             return SetParametersResult(successful=True)
