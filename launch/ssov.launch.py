@@ -41,8 +41,8 @@ def _nodes(context):
                        (f"~/input/{cam}/camera_info", [prefix, f"{cam.lower()}/camera_info"])]
     node = Node(package=PACKAGE, executable="ssov_segmenter", name="ssov_segmenter", output="screen",
                 parameters=[LaunchConfiguration("params_file"), overrides], remappings=remappings)
-    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
-                                                        on_exit=exit_handler("ssov_segmenter", shutdown_on_success=True)))]
+    on_exit = exit_handler("ssov_segmenter", shutdown_on_success=True)
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
     if LaunchConfiguration("rviz").perform(context) == "true":
         if package_installed("rviz2"):
             actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
