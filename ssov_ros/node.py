@@ -21,6 +21,7 @@ ssov_segmenter``). Bad input never stops the node: the frame is dropped with a t
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64, String
 from visualization_msgs.msg import Marker, MarkerArray
@@ -46,14 +47,43 @@ from ssov_train.inference import FrameOutcome, PipelinedSegmenter, Segmenter, op
 from ssov_train.openvocab.query import TextQuery, prepare_query
 
 from .overlay import camera_from_info, decode_image, image_to_ros, render_overlay
-from .params import NodeConfig, field_types, flat_defaults, from_flat, resolve_model_path
+from .params import (DEFAULT_MODEL, NodeConfig, ParamSpec, from_flat, parameter_table, resolve_model_path,
+                     ros_values, unknown_parameters)
 from .pointcloud import CloudError, read_cloud, rgb_packed, to_ros_cloud
 from .sync import ApproximateSync
 from .tf_buffer import TimeJumpDetector, TransformBuffer, stamp_ns, xyz_quat_matrix
 
 NODE_NAME = "ssov_segmenter"
-_ARRAY_TYPES = {"list[str]": Parameter.Type.STRING_ARRAY, "list[float]": Parameter.Type.DOUBLE_ARRAY,
-                "Optional[float]": Parameter.Type.DOUBLE}
+_ROS_TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
+              "string": Parameter.Type.STRING, "string_array": Parameter.Type.STRING_ARRAY,
+              "double_array": Parameter.Type.DOUBLE_ARRAY}
+READ_ONLY_NOTE = "read-only: fixed at start-up (set it in the params file or with -p, then restart the node)"
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter of :func:`ssov_ros.params.parameter_table` (``ros2 param describe``)."""
+    constraints = []
+    if spec.choices:
+        constraints.append(f"one of: {', '.join(spec.choices)}")
+    if spec.unset:
+        constraints.append(spec.unset)
+        if spec.min is not None:  # NaN fails a range check: the range is stated, checked by NodeConfig.check
+            constraints.append(f"else in [{spec.min:g}, {spec.max:g}]")
+    if spec.read_only:
+        constraints.append(READ_ONLY_NOTE)
+    d = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type].value, description=spec.description,
+                            additional_constraints="; ".join(constraints), read_only=spec.read_only)
+    if spec.min is not None and not spec.unset:
+        if spec.type == "integer":
+            d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                         step=0.0)]
+    return d
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def build_legend(class_names, palette: np.ndarray, frame_id: str, stamp, text_height: float,
@@ -98,6 +128,7 @@ class _Frame:
 class SegmenterNode(Node):
     def __init__(self, **node_kwargs: Any):
         super().__init__(NODE_NAME, **node_kwargs)
+        self._param_names = {spec.name for spec in parameter_table()}
         self.cfg = self._read_parameters()
         model_path = resolve_model_path(self.cfg.model.path)
         backend = open_backend(model_path, backend=self.cfg.model.backend, device=self.cfg.model.device,
@@ -143,7 +174,8 @@ class SegmenterNode(Node):
         self.sub_points = self.create_subscription(PointCloud2, "~/input/points", self.on_cloud, in_qos)
         self.create_subscription(String, "~/query", self.on_query, QoSProfile(depth=1))
 
-        pose_source = self.cfg.temporal.pose_source if self.cfg.afi.enabled and self.cfg.temporal.history else "none"
+        # by pose_source alone (read-only): afi.enabled and temporal.history may be switched on while running
+        pose_source = self.cfg.temporal.pose_source
         self._tf_available = False
         if pose_source in ("auto", "odometry"):
             # best effort matches any publisher; deep enough to keep 0.5 s of 100 Hz odometry while a cloud is processed
@@ -178,32 +210,89 @@ class SegmenterNode(Node):
                                    ("/tf", self._tf_available)) if on]
         afi = "off" if not self.cfg.afi.enabled else (f"on (history {self.cfg.temporal.history}, poses from "
                                                       f"{' + '.join(sources) or 'nowhere: per frame'})")
+        inputs = ", ".join(sub.topic_name for sub in self.subscriptions)
         self.get_logger().info(f"model {model_path.name} via {backend.describe()}: {spec.num_classes - 1} classes, "
                                f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}; "
                                f"warm-up {'off' if self.warmup_ms is None else f'{self.warmup_ms:.0f} ms'}; "
-                               f"pipeline {'on' if self.cfg.pipeline.enabled else 'off'}")
+                               f"pipeline {'on' if self.cfg.pipeline.enabled else 'off'}; subscribed: {inputs}")
+        if self.cfg.model.path == DEFAULT_MODEL and model_path.suffix == ".pt":
+            self.get_logger().warning(f"the exported demo package {DEFAULT_MODEL} is not installed: running its "
+                                      f"checkpoint with torch (slower). `make export` before `colcon build` installs "
+                                      f"the package (onnxruntime)")
         if self.cfg.pipeline.enabled:
             self.pipeline = PipelinedSegmenter(self.segmenter, self._on_refined)
 
     # --- parameters ---
 
     def _read_parameters(self) -> NodeConfig:
-        types = field_types()
+        """Declare every parameter (value + descriptor, so `ros2 param dump` lists them all), refuse overrides
+        that name no parameter, and return the typed configuration."""
         values: dict[str, Any] = {}
-        for name, default in flat_defaults().items():
+        for spec in parameter_table():
+            descriptor = parameter_descriptor(spec)
             try:
-                if default is None or default == []:
-                    self.declare_parameter(name, _ARRAY_TYPES[types[name]])
+                if spec.default == []:
+                    # rclpy infers a type from the value and [] has none (nor has `[]` in a params file): declare
+                    # the type, give the typed empty array where no override set a value, then the full descriptor
+                    ros_type = _ROS_TYPES[spec.type]
+                    self.declare_parameter(spec.name, ros_type, ParameterDescriptor(type=descriptor.type))
+                    if self.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:
+                        result = self.set_parameters([Parameter(spec.name, ros_type, [])])[0]
+                        if not result.successful:
+                            raise ConfigError(f"parameter {spec.name}: {result.reason}")
+                    self.set_descriptor(spec.name, descriptor)
                 else:
-                    self.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
-                value = self.get_parameter(name).value
-            except rclpy.exceptions.ParameterUninitializedException:
-                value = default
+                    self.declare_parameter(spec.name, spec.default, descriptor)
             except (rclpy.exceptions.InvalidParameterTypeException, rclpy.exceptions.InvalidParameterValueException,
-                    TypeError) as exc:
-                raise ConfigError(f"parameter {name}: {exc}") from exc
-            values[name] = value
-        return from_flat(values, "ssov_segmenter parameters")
+                    rclpy.exceptions.ParameterException, TypeError, ValueError) as exc:
+                raise ConfigError(f"parameter {spec.name}: {_one_line(exc)}") from exc
+            values[spec.name] = self.get_parameter(spec.name).value
+        # rclpy keeps overrides for undeclared names and ignores them (allow_undeclared_parameters is off): a
+        # misspelt -p or params-file key would be silently lost. rclpy has no public accessor for the overrides.
+        unknown = unknown_parameters(n for n in self._parameter_overrides if not self.has_parameter(n))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}: not parameters of {NODE_NAME} "
+                              f"(`{NODE_NAME} --help` lists them)")
+        cfg = from_flat(values, f"{NODE_NAME} parameters")
+        self._pending_change: Optional[tuple[NodeConfig, Any]] = None
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        return cfg
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """`ros2 param set` of runtime parameters (rclpy refuses read-only ones and out-of-range values before
+        this): the whole new configuration is checked, and a new AFI stage built, before anything changes."""
+        self._pending_change = None  # a change another callback refused must not be applied with the next one
+        ours = {p.name: p.value for p in params if p.name in self._param_names}
+        if not ours:
+            return SetParametersResult(successful=True)
+        try:
+            cfg = from_flat({**ros_values(self.cfg), **ours}, "parameter change")
+            afi = self._pending_afi(cfg)
+        except (ConfigError, ValueError, KeyError) as exc:
+            return SetParametersResult(successful=False, reason=_one_line(exc))
+        self._pending_change = (cfg, afi)
+        return SetParametersResult(successful=True)
+
+    def _pending_afi(self, cfg: NodeConfig) -> Any:
+        """A new AFI stage when AFI or temporal parameters change (its history starts anew), else ``False``."""
+        old = self.cfg
+        if (cfg.afi_config(), cfg.temporal_config()) == (old.afi_config(), old.temporal_config()):
+            return False
+        return self.segmenter.build_afi(cfg.afi_config(), cfg.temporal_config() if cfg.afi.enabled else None)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """After a successful set: the next cloud uses the new values."""
+        if self._pending_change is None:
+            return
+        (cfg, afi), self._pending_change = self._pending_change, None
+        if afi is not False:
+            self.segmenter.afi = afi
+        self.tf.extrapolation_ns = int(cfg.temporal.pose_tolerance_s * 1e9)
+        self.sync.tolerance_ns = int(cfg.cameras.sync_tolerance_s * 1e9)
+        self.cfg = cfg
+        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in params)
+                               + ("; AFI history restarted" if afi is not False else ""))
 
     # --- inputs ---
 
@@ -477,8 +566,32 @@ class SegmenterNode(Node):
         super().destroy_node()
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line besides ROS arguments (``--ros-args ...``): only ``--help``, which lists the parameters."""
+    lines = []
+    for spec in parameter_table():
+        default = "[]" if spec.default == [] else repr(spec.default)
+        allowed = ("|".join(spec.choices) if spec.choices
+                   else f"{spec.min:g}..{spec.max:g}" if spec.min is not None else "")
+        flags = ", ".join(f for f in (spec.type, allowed, "read-only" if spec.read_only else "runtime") if f)
+        unset = f"; {spec.unset}" if spec.unset else ""
+        lines.append(f"  {spec.name} = {default} ({flags}): {spec.description}{unset}")
+    epilog = ("parameters (-p NAME:=VALUE, or a params file with --params-file FILE; 'runtime' ones also with "
+              "`ros2 param set`):\n" + "\n".join(lines) + "\n\ninputs: ~/input/points (PointCloud2), ~/input/odometry "
+              "(nav_msgs/Odometry), /tf and /tf_static, ~/input/<camera>/image + camera_info, ~/query (String)\n"
+              "outputs: ~/output/points, ~/output/query_points, ~/output/legend, ~/output/<camera>/overlay, "
+              "/diagnostics")
+    return argparse.ArgumentParser(
+        prog=NODE_NAME, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+        usage=f"{NODE_NAME} [-h] [--ros-args [-p NAME:=VALUE ...] [--params-file FILE] [-r FROM:=TO ...]]",
+        description="Lidar semantic segmentation node (ssov): labels each PointCloud2 on ~/input/points.")
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    rclpy.init(args=args)
+    argv = list(sys.argv if args is None else args)
+    # non-ROS arguments: --help prints the usage and exits 0; anything else is refused (exit 2) before ROS starts
+    build_parser().parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
     try:
         node = SegmenterNode()
     except SsovError as exc:

@@ -6,7 +6,8 @@
 
 `make lock` runs ``write`` in a scratch venv that pip resolved from requirements.in alone; `make` installs
 requirements.txt with --no-deps, so a fresh machine gets exactly the locked set; `make test` runs ``check`` first.
-Only the interpreter's own installers (pip, setuptools, wheel) and the project itself are left out of the lock.
+Only the interpreter's own installers (pip, wheel) and the project itself are left out of the lock; setuptools is
+locked: torch and colcon-core bound its version (the venv's bundled copy is too old).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-NOT_LOCKED = {"pip", "setuptools", "wheel", "ssov-ros"}
+NOT_LOCKED = {"pip", "wheel", "ssov-ros"}
 
 
 def normalise(name: str) -> str:

@@ -68,16 +68,22 @@ class Segmenter:
                  temporal: Optional[TemporalConfig] = None):
         self.backend = backend
         self.spec = backend.spec
-        self.afi: Optional[StreamingAFI] = None
-        if afi is not None and self.spec.has_classes:
-            self.afi = StreamingAFI(afi, num_classes=self.spec.num_classes,
-                                    temporal=temporal or TemporalConfig(history=0),
-                                    dictionary=self.spec.vocabulary or afi.dictionary)
+        self.afi: Optional[StreamingAFI] = self.build_afi(afi, temporal)
+
+    def build_afi(self, afi: Optional[AFIConfig], temporal: Optional[TemporalConfig] = None
+                  ) -> Optional[StreamingAFI]:
+        """The AFI stage for this model (None: off).  Assigning the result to :attr:`afi` while frames run is
+        safe (refine reads it once per frame); the new stage starts with an empty history."""
+        if afi is None or not self.spec.has_classes:
+            return None
+        return StreamingAFI(afi, num_classes=self.spec.num_classes, temporal=temporal or TemporalConfig(history=0),
+                            dictionary=self.spec.vocabulary or afi.dictionary)
 
     def reset(self) -> None:
         """Forget the streaming history (time jump, new bag, relocalisation)."""
-        if self.afi is not None:
-            self.afi.reset()
+        afi = self.afi
+        if afi is not None:
+            afi.reset()
 
     def warm_up(self, num_points: int = 4096) -> float:
         """Segment a synthetic scan once (a ground ring and a wall, as a lidar sees them) so that the one-off
@@ -144,9 +150,10 @@ class Segmenter:
             return Segmentation(None, None, features=inferred.features, num_voxels=inferred.num_voxels,
                                 timings_ms=timings)
         probs = inferred.probs
-        if self.afi is not None:
+        afi = self.afi  # read once: another thread may swap it (build_afi)
+        if afi is not None:
             t = time.perf_counter()
-            labels, probs = self.afi.update(inferred.xyz, probs, pose=pose)
+            labels, probs = afi.update(inferred.xyz, probs, pose=pose)
             timings["afi"] = _ms(t)
         else:
             labels = probs.argmax(1)

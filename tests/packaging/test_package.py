@@ -36,6 +36,12 @@ def test_wheel_carries_packages_data_files_and_entry_points(tmp_path):
     assert "share/ssov_ros/package.xml" in data
     assert "share/ssov_ros/config/vocab/nuscenes.yaml" in data
     assert "share/ssov_ros/config/fastdds_local.xml" in data
+    assert {"share/ssov_ros/launch/ssov.launch.py", "share/ssov_ros/launch/replay.launch.py"} <= set(data)
+    # the default model: its checkpoint always, its exported package where `make export` built it
+    assert "share/ssov_ros/models/ssov_synthetic_minkunet34c_w025.pt" in data
+    package = REPO / "models" / "ssov_synthetic_minkunet34c_w025.ssovpkg"
+    if package.is_dir():
+        assert {f"share/ssov_ros/{f.relative_to(REPO)}" for f in package.rglob("*") if f.is_file()} <= set(data)
     assert "ssov_train/superpoints.py" in names and "ssov_ros/__init__.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "ssov-train = ssov_train.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -1,15 +1,12 @@
-"""ROS-free parts of the node: approximate sync, camera overlays on the real sample, parameters."""
+"""ROS-free parts of the node: approximate sync, camera overlays on the real sample (parameters: test_params.py)."""
 
 from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-from ros_test_utils import REPO
 
 from ssov_ros.overlay import ImageError, camera_from_info, decode_image, draw_points, render_overlay
-from ssov_ros.params import NodeConfig, flat_defaults, from_flat, load_params_file, resolve_model_path
 from ssov_ros.sync import ApproximateSync, StampedQueue
-from ssov_train.errors import ConfigError
 from ssov_train.geometry.projection import ProjectionConfig, project_to_camera
 
 MS = 1_000_000
@@ -87,60 +84,3 @@ def test_draw_points_clips_at_the_border():
     img = np.zeros((4, 4, 3), np.uint8)
     out = draw_points(img, np.array([[0.5, 0.5], [3.9, 3.9]], np.float32), np.array([[1, 2, 3], [4, 5, 6]], np.uint8), 1)
     assert (out[:2, :2] == [1, 2, 3]).all() and (out[2:, 2:] == [4, 5, 6]).all() and not img.any()
-
-
-def test_params_file_lists_every_parameter_with_its_default():
-    cfg = load_params_file(REPO / "config" / "ssov_node.yaml")
-    assert flat_defaults(cfg) == flat_defaults(NodeConfig())
-    assert cfg.afi_config() is not None and cfg.temporal_config().history == 3
-
-
-def test_params_are_typed_and_validated():
-    assert from_flat({"afi.enabled": False}).afi_config() is None
-    kitti = from_flat({"afi.preset": "kitti", "afi.ground_z_max": -1.0}).afi_config()
-    assert kitti.dictionary == "semantickitti" and kitti.ground_z_max == -1.0
-    with pytest.raises(ConfigError, match="temporal.decay"):
-        from_flat({"temporal.decay": "fast"})
-    with pytest.raises(ConfigError, match="unknown"):
-        from_flat({"temporal.histroy": 2})
-    with pytest.raises(ConfigError, match="7 numbers per camera"):
-        from_flat({"cameras.names": ["CAM_FRONT"], "cameras.lidar_to_camera": [0.0] * 6})
-    with pytest.raises(ConfigError, match="afi / temporal"):
-        from_flat({"temporal.match_radius": 0.0})
-    with pytest.raises(ConfigError, match="not one of"):
-        from_flat({"temporal.pose_source": "gps"})
-
-
-def test_model_path_resolution(tmp_path, monkeypatch):
-    from ssov_ros import params
-
-    assert NodeConfig().model.path == "models/ssov_synthetic_minkunet34c_w025.ssovpkg"  # `make export` writes it
-    assert resolve_model_path("models/ssov_synthetic_minkunet34c_w025.pt").is_file()
-    with pytest.raises(ConfigError, match="not found .looked in"):
-        resolve_model_path("models/none.pt")
-    with pytest.raises(ConfigError, match="not found .looked in"):
-        resolve_model_path("models/none.ssovpkg")  # no checkpoint to export it from: the plain error
-    # a package directory, or its sidecar, from the working directory first (a stand-in repository here)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(params, "REPO", tmp_path / "repo")
-    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "no_ament"))
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "ssov_synthetic_minkunet34c_w025.pt").write_bytes(b"checkpoint")
-    with pytest.raises(ConfigError) as err:
-        resolve_model_path(NodeConfig().model.path)
-    assert ("`ssov-export onnx --checkpoint models/ssov_synthetic_minkunet34c_w025.pt --out "
-            "models/ssov_synthetic_minkunet34c_w025.ssovpkg` (or `make export`") in str(err.value)
-    with pytest.raises(ConfigError, match="ssov-export onnx"):
-        resolve_model_path("models/ssov_synthetic_minkunet34c_w025.ssovpkg/model.yaml")
-    package = tmp_path / "models" / "ssov_synthetic_minkunet34c_w025.ssovpkg"
-    package.mkdir()
-    (package / "model.yaml").write_text("format: ssov-model-package\n")
-    assert resolve_model_path(NodeConfig().model.path) == package
-    assert resolve_model_path(f"{NodeConfig().model.path}/model.yaml") == package / "model.yaml"
-    # found through the repository when the working directory lacks it; the command then names full paths
-    monkeypatch.chdir(tmp_path / "models")
-    monkeypatch.setattr(params, "REPO", tmp_path)
-    assert resolve_model_path(NodeConfig().model.path) == package
-    with pytest.raises(ConfigError, match=f"--checkpoint {tmp_path}/models/other.pt --out {tmp_path}/models/other"):
-        (tmp_path / "models" / "other.pt").write_bytes(b"checkpoint")
-        resolve_model_path("models/other.ssovpkg")
