@@ -49,7 +49,7 @@ REFLECTIVITY = np.array([_REFLECTIVITY[m] for m in Material])  # indexed by mate
 # Diffuse reflectivity at 905 nm (the lasers' near infrared), for the presets that model the echo physically:
 # vegetation is bright in the NIR, asphalt dark, tyres and glass (mostly specular or transmitting) darker still;
 # retro-reflectors (hi-vis, signs, lane paint's glass beads) send back more than any diffuse white (> 1).
-_NIR_REFLECTIVITY = {Material.SKY: 0.0, Material.ASPHALT: 0.1, Material.MARKING: 0.6, Material.CONCRETE: 0.3,
+_NIR_REFLECTIVITY = {Material.SKY: 0.0, Material.ASPHALT: 0.15, Material.MARKING: 0.6, Material.CONCRETE: 0.3,
                      Material.GRASS: 0.45, Material.FOLIAGE: 0.5, Material.BARK: 0.3, Material.FACADE: 0.35,
                      Material.PAINT: 0.3, Material.GLASS: 0.05, Material.RUBBER: 0.03, Material.METAL: 0.4,
                      Material.CLOTH: 0.35, Material.SKIN: 0.45, Material.REFLECTIVE: 1.5, Material.SIGN: 3.0,
