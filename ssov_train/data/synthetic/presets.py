@@ -185,7 +185,12 @@ def parse_presets(data, source: str) -> tuple[str, dict[str, LidarPreset]]:
             raise ConfigError(f"{source}: presets.{name}: expected a mapping")
         if name == "all" or "," in str(name):
             raise ConfigError(f"{source}: presets.{name}: 'all' and names with ',' are reserved for --sensor")
-        parsed[name] = from_dict(LidarPreset, {"name": name, **body}, f"{source}: presets.{name}")
+        try:
+            parsed[name] = from_dict(LidarPreset, {"name": name, **body})
+        except ConfigError as e:  # name the full key: presets.<name>.<key>, or presets.<name> for the whole preset
+            whole = f"{LidarPreset.__name__}: "
+            where = f": {str(e)[len(whole):]}" if str(e).startswith(whole) else f".{e}"
+            raise ConfigError(f"{source}: presets.{name}{where}") from None
     default = data["default"]
     if default not in parsed:
         raise ConfigError(f"{source}: default {default!r} is not a preset ({sorted(parsed)})")
