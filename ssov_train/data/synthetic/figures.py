@@ -37,10 +37,10 @@ def preset_figures(out: Path, name: str, seed: int = SEED, street: str = STREET)
     # a raw signal falling with the squared range spans decades: shown on a log scale
     shown, scale = (np.log10(1 + intensity), "log10(1 + intensity)") if preset.intensity.range_exponent >= 2 \
         else (intensity, "intensity")
-    low, high = np.percentile(shown, [1, 99])
+    low, high = np.percentile(shown, [2, 95])  # the brightest 5% (retro-reflectors) saturate
     bev_heatmap(xyz, shown, out / f"synthetic_{name}_intensity.png",
                 f"{name}: intensity ({preset.intensity.output}, {preset.intensity.reflectivity} reflectivity)",
-                label=f"{scale} ({preset.intensity.output}; colours span the 1st-99th percentile)",
+                label=f"{scale} ({preset.intensity.output}; colours span the 2nd-95th percentile)",
                 extent=EXTENT_M, vmin=float(low), vmax=float(high))
     return {"points": len(xyz), "rays": preset.beams * preset.azimuth_steps,
             "intensity_p5_50_95": np.percentile(intensity, [5, 50, 95]).round(3).tolist(),
