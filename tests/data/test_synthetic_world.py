@@ -73,8 +73,8 @@ def sweeps(street) -> dict:
 
 # ---- presets ---------------------------------------------------------------------------------------------------
 def test_presets_file_lists_the_four_sensors_with_nuscenes_as_default():
-    default, presets = load_presets()
-    assert default == "nuscenes_hdl32e" and tuple(presets) == PRESETS
+    sensors = load_presets()
+    assert sensors.default == "nuscenes_hdl32e" and tuple(sensors.presets) == PRESETS
     assert resolve_presets(None) == ("nuscenes_hdl32e",) and resolve_presets("all") == PRESETS
     assert resolve_presets("vlp16, hdl64e") == ("vlp16", "hdl64e")
 
@@ -154,7 +154,7 @@ def test_preset(**changes) -> object:
             "dropout": {"near": 0.0, "far": 0.0}}
     for key, value in changes.items():
         body[key] = {**body[key], **value} if isinstance(value, dict) else value
-    return parse_presets({"default": "t", "presets": {"t": body}}, "test")[1]["t"]
+    return parse_presets({"default": "t", "presets": {"t": body}}, "test").presets["t"]
 
 
 test_preset.__test__ = False  # a helper, not a test
@@ -367,12 +367,14 @@ def good_file() -> dict:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["presets"]["vlp16"].update(elevations_deg=[1.0, -1.0]), "vlp16.*strictly increasing"),
-    (lambda d: d["presets"]["vlp16"].update(beams=16), "vlp16.beams: unknown key"),
-    (lambda d: d["presets"]["hdl64e"]["intensity"].update(output="int8"), r"hdl64e.intensity.output: 'int8' is not"),
-    (lambda d: d["presets"]["os1_128"]["mount"].update(rotation=[1.0, 0.1, 0.0, 0.0]), "os1_128.mount.*unit quatern"),
-    (lambda d: d["presets"]["os1_128"]["dropout"].update(far=1.5), "os1_128.dropout.*probabilities"),
-    (lambda d: d["presets"]["vlp16"].pop("max_range"), "vlp16.max_range: required key missing"),
+    (lambda d: d["presets"]["vlp16"].update(elevations_deg=[1.0, -1.0]), "presets.vlp16: elevations_deg must list the beams from the lowest up, strictly increasing"),
+    (lambda d: d["presets"]["vlp16"].update(beams=16), "presets.vlp16.beams: unknown key"),
+    (lambda d: d["presets"]["os1_128"]["evenly_spaced"].pop("count"), "presets.os1_128.evenly_spaced.count: required"),
+    (lambda d: d["presets"]["os1_128"].update(elevations_deg=[0.0]), "presets.os1_128: give the beams either as"),
+    (lambda d: d["presets"]["hdl64e"]["intensity"].update(output="int8"), r"presets.hdl64e.intensity.output: 'int8' is not one of \['unit', 'uint8', 'uint16'\]"),
+    (lambda d: d["presets"]["os1_128"]["mount"].update(rotation=[1.0, 0.1, 0.0, 0.0]), r"presets.os1_128.mount: rotation \[1.0, 0.1, 0.0, 0.0\] is not a unit quaternion"),
+    (lambda d: d["presets"]["os1_128"]["dropout"].update(far=1.5), r"presets.os1_128.dropout: near and far are probabilities in \[0, 1\], got 0.005, 1.5"),
+    (lambda d: d["presets"]["vlp16"].pop("max_range"), "presets.vlp16.max_range: required key missing"),
     (lambda d: d.update(default="vls128"), "default 'vls128' is not a preset"),
     (lambda d: d["presets"].update(all=d["presets"]["vlp16"]), "'all' and names with ',' are reserved"),
 ])

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sensor", default="all", help="preset names, comma separated, or 'all'")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    names = list(load_presets()[1]) if args.sensor == "all" else args.sensor.split(",")
+    names = list(load_presets().presets) if args.sensor == "all" else args.sensor.split(",")
     for name in names:
         print(name, preset_figures(args.out, name))
     return 0

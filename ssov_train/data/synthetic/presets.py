@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
-import yaml
 
-from ...config import from_dict
+from ...config import from_dict, load_config
 from ...errors import ConfigError
 from ...geometry.transforms import make_transform
 from . import models as m
@@ -118,9 +117,9 @@ class Dropout:
 
 @dataclass(frozen=True)
 class LidarPreset:
-    name: str
+    """One lidar; its beams are either listed (``elevations_deg``) or ``evenly_spaced``."""
+
     description: str
-    elevations_deg: Union[list[float], EvenBeams]
     azimuth_steps: int
     max_range: float
     min_range: float
@@ -128,8 +127,12 @@ class LidarPreset:
     mount: Mount
     intensity: Intensity
     dropout: Dropout
+    elevations_deg: Optional[list[float]] = None
+    evenly_spaced: Optional[EvenBeams] = None
 
     def check(self) -> None:
+        if (self.elevations_deg is None) == (self.evenly_spaced is None):
+            raise ValueError("give the beams either as elevations_deg (a list) or as evenly_spaced, not both")
         el = self.elevations
         if len(el) < 1 or (np.diff(el) <= 0).any():
             raise ValueError("elevations_deg must list the beams from the lowest up, strictly increasing")
@@ -145,10 +148,10 @@ class LidarPreset:
     @property
     def elevations(self) -> np.ndarray:
         """Beam elevations (degrees), ring 0 first."""
-        e = self.elevations_deg
-        if isinstance(e, EvenBeams):
+        e = self.evenly_spaced
+        if e is not None:
             return np.linspace(e.lowest, e.highest, e.count)
-        return np.asarray(e, dtype=np.float64)
+        return np.asarray(self.elevations_deg, dtype=np.float64)
 
     @property
     def beams(self) -> int:
@@ -172,62 +175,52 @@ def sensors_file() -> Path:
     return next((c for c in candidates if c.is_file()), SENSORS_FILE)
 
 
-def parse_presets(data, source: str) -> tuple[str, dict[str, LidarPreset]]:
-    """(default name, presets by name) from a parsed sensors file; ConfigError naming the key at fault."""
-    if not isinstance(data, dict) or set(data) != {"default", "presets"}:
-        raise ConfigError(f"{source}: top level must be a mapping with exactly 'default' and 'presets'")
-    presets = data["presets"]
-    if not isinstance(presets, dict) or not presets:
-        raise ConfigError(f"{source}: presets must map names to presets")
-    parsed = {}
-    for name, body in presets.items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"{source}: presets.{name}: expected a mapping")
-        if name == "all" or "," in str(name):
-            raise ConfigError(f"{source}: presets.{name}: 'all' and names with ',' are reserved for --sensor")
-        try:
-            parsed[name] = from_dict(LidarPreset, {"name": name, **body})
-        except ConfigError as e:  # name the full key: presets.<name>.<key>, or presets.<name> for the whole preset
-            whole = f"{LidarPreset.__name__}: "
-            where = f": {str(e)[len(whole):]}" if str(e).startswith(whole) else f".{e}"
-            raise ConfigError(f"{source}: presets.{name}{where}") from None
-    default = data["default"]
-    if default not in parsed:
-        raise ConfigError(f"{source}: default {default!r} is not a preset ({sorted(parsed)})")
-    return default, parsed
+@dataclass(frozen=True)
+class SensorsFile:
+    """config/sensors.yaml: the presets by name, and the one used when none is named."""
+
+    default: str
+    presets: dict[str, LidarPreset]
+
+    def check(self) -> None:
+        if not self.presets:
+            raise ValueError("presets must name at least one preset")
+        reserved = [n for n in self.presets if n == "all" or "," in n]
+        if reserved:
+            raise ValueError(f"preset names {reserved}: 'all' and names with ',' are reserved for --sensor")
+        if self.default not in self.presets:
+            raise ValueError(f"default {self.default!r} is not a preset ({sorted(self.presets)})")
+
+
+def parse_presets(data: dict, source: str) -> SensorsFile:
+    """The presets of a parsed sensors file; ConfigError naming the key at fault."""
+    return from_dict(SensorsFile, data, source)
 
 
 @lru_cache(maxsize=4)
-def load_presets(path: Optional[str] = None) -> tuple[str, dict[str, LidarPreset]]:
-    """(default name, presets by name) from ``path`` (default: config/sensors.yaml)."""
-    p = Path(path) if path else sensors_file()
-    if not p.is_file():
-        raise ConfigError(f"lidar presets file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    return parse_presets(data, str(p))
+def load_presets(path: Optional[str] = None) -> SensorsFile:
+    """The presets of ``path`` (default: config/sensors.yaml)."""
+    return load_config(SensorsFile, Path(path) if path else sensors_file())
 
 
 def lidar_preset(name: Optional[str] = None) -> LidarPreset:
     """A preset by name (None: the default one)."""
-    default, presets = load_presets()
-    name = default if name is None else name
-    if name not in presets:
-        raise ConfigError(f"unknown lidar preset {name!r}; known: {', '.join(sorted(presets))}")
-    return presets[name]
+    sensors = load_presets()
+    name = sensors.default if name is None else name
+    if name not in sensors.presets:
+        raise ConfigError(f"unknown lidar preset {name!r}; known: {', '.join(sorted(sensors.presets))}")
+    return sensors.presets[name]
 
 
 def resolve_presets(spec: Union[None, str, list[str], tuple[str, ...]]) -> tuple[str, ...]:
     """Preset names from a CLI-style spec: None (the default), 'all', 'a,b' or a list of names; checked."""
-    default, presets = load_presets()
+    sensors = load_presets()
     if spec is None:
-        return (default,)
+        return (sensors.default,)
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
-        return tuple(presets)
+        return tuple(sensors.presets)
     if not names:
         raise ConfigError("no lidar preset given")
     for n in names:
