@@ -343,22 +343,24 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def test_multi_sensor_world_is_reproducible_and_records_its_presets(tmp_path):
-    spec = dict(name="multi", num_scenes=3, frames_per_scene=1, image_width=32, image_height=18, seed=5,
+    spec = dict(name="multi", num_scenes=4, frames_per_scene=1, image_width=32, image_height=18, seed=5,
                 lidar="vlp16,hdl64e", street="varied")
     one = generate_world(tmp_path / "one", workers=1, **spec)
     two = generate_world(tmp_path / "two", workers=2, **spec)
     assert files(one) == files(two)
     record = json.loads((one / "v1.0-multi" / "lidar_presets.json").read_text())
     assert record["street"] == "varied"
-    assert record["scenes"] == {"scene-0000": "vlp16", "scene-0001": "hdl64e", "scene-0002": "vlp16"}
+    assert record["scenes"] == {"scene-0000": "vlp16", "scene-0001": "hdl64e", "scene-0002": "vlp16",
+                                "scene-0003": "hdl64e"}
     assert len(record["presets"]["hdl64e"]["elevations_deg"]) == 64
     calibrations = json.loads((one / "v1.0-multi" / "calibrated_sensor.json").read_text())
     lidar_heights = sorted(c["translation"][2] for c in calibrations if not c["camera_intrinsic"])
-    assert lidar_heights == [1.73, 1.9, 1.9]
+    assert lidar_heights == [1.73, 1.73, 1.9, 1.9]
     sweeps = sorted((one / "samples" / "LIDAR_TOP").iterdir())
     sizes = sorted(len(np.fromfile(s, np.float32).reshape(-1, 5)) for s in sweeps)
     assert sizes[0] < 16 * 1800 and sizes[-1] > 60_000  # the 16-beam scenes and the 64-beam one
-    assert json.loads((one / "v1.0-multi" / "splits.json").read_text())["val"] == ["scene-0001", "scene-0002"]
+    # validation holds a scene of each preset (a fifth of 4 scenes would be one)
+    assert json.loads((one / "v1.0-multi" / "splits.json").read_text())["val"] == ["scene-0002", "scene-0003"]
 
 
 # ---- bad presets -------------------------------------------------------------------------------------------------
@@ -397,3 +399,20 @@ def test_grid_of_a_preset_is_its_beams_and_steps():
     grid = lidar_grid(preset)
     assert isinstance(grid, SpinningGrid) and (grid.rings, grid.steps) == (16, 1800)
     np.testing.assert_allclose(np.degrees(grid.elevations), datasheet_elevations("vlp16"))
+
+
+def test_validation_split_holds_every_preset_when_there_are_enough_scenes():
+    from ssov_train.data.synthetic.writer import default_splits
+
+    assert default_splits(10, 4)["val"] == ["scene-0006", "scene-0007", "scene-0008", "scene-0009"]  # i mod 4: all
+    assert default_splits(20, 4)["val"] == ["scene-0016", "scene-0017", "scene-0018", "scene-0019"]
+    assert default_splits(5, 4)["val"] == ["scene-0004"]  # fewer than two scenes per preset: a fifth, as before
+    assert default_splits(10, 1) == default_splits(10)
+
+
+@pytest.mark.parametrize("bad, message", [({"lidar": "vls128"}, "unknown lidar preset 'vls128'"),
+                                          ({"street": "busy"}, "street style 'busy'")])
+def test_bad_world_settings_write_nothing(tmp_path, bad, message):
+    with pytest.raises(ConfigError, match=message):
+        generate_world(tmp_path / "w", num_scenes=1, frames_per_scene=1, **bad)
+    assert not (tmp_path / "w").exists()

@@ -77,6 +77,12 @@ STREET_STYLES = {
 }
 
 
+def street_style_named(name: str) -> StreetStyle:
+    if name not in STREET_STYLES:
+        raise ConfigError(f"synthetic street style {name!r}: use one of {list(STREET_STYLES)}")
+    return STREET_STYLES[name]
+
+
 @dataclass
 class Actor:
     """A body placed in the street; ``velocity`` m/s along its heading, constant."""
@@ -317,9 +323,7 @@ def _cross_section(rng: np.random.Generator, style: StreetStyle) -> _CrossSectio
 def build_scene(seed: int, index: int, frames: int, street_style: str = "classic") -> Scene:
     """The ``index``-th street of world ``seed`` for ``frames`` keyframes, in a style of :data:`STREET_STYLES`
     (deterministic; each style draws its streets from its own random stream)."""
-    if street_style not in STREET_STYLES:
-        raise ConfigError(f"synthetic street style {street_style!r}: use one of {list(STREET_STYLES)}")
-    style = STREET_STYLES[street_style]
+    style = street_style_named(street_style)
     stream = list(STREET_STYLES).index(street_style)  # classic: 0, the stream its streets always came from
     rng = np.random.default_rng([seed, index, stream] if stream else [seed, index])
     b = _Builder(rng, style)

@@ -46,7 +46,7 @@ from .presets import lidar_preset, resolve_presets
 from .raycast import PinholeGrid
 from .rig import CAMERA_SPECS, CameraSpec
 from .sensors import lidar_grid, render_camera, scan_lidar
-from .world import SAMPLE_PERIOD_S, STREET_STYLES, Scene, build_scene, scene_name
+from .world import SAMPLE_PERIOD_S, Scene, build_scene, scene_name, street_style_named
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 450  # half of nuScenes' 1600x900; intrinsics scaled by 0.5
 SCENE_START_US = 1_600_000_000_000_000  # scene i starts i hours after this
@@ -281,8 +281,7 @@ def _write_map(root: Path, scene: Scene, filename: str) -> None:
 
 def _check(name: str, num_scenes: int, frames_per_scene: int, width: int, height: int,
            splits: dict[str, list[str]], street: str) -> None:
-    if street not in STREET_STYLES:
-        raise ConfigError(f"synthetic street style {street!r}: use one of {list(STREET_STYLES)}")
+    street_style_named(street)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"synthetic world name {name!r}: use letters, digits, '-' and '_' only")
     if num_scenes < 1 or frames_per_scene < 1:
@@ -299,11 +298,11 @@ def _check(name: str, num_scenes: int, frames_per_scene: int, width: int, height
 def default_splits(num_scenes: int, lidar_presets: int = 1) -> dict[str, list[str]]:
     """The last fifth of the scenes (at least one, when there are two or more) for validation, the rest train.
 
-    Scenes take the lidar presets in turn, so validation takes at least one scene per preset when there
-    are more scenes than presets.
+    Scenes take the lidar presets in turn, so validation takes at least one scene per preset when there are
+    at least two scenes per preset (training keeps one of each).
     """
     val = max(1, round(num_scenes / 5)) if num_scenes > 1 else 0
-    if num_scenes > lidar_presets:
+    if num_scenes >= 2 * lidar_presets:
         val = max(val, lidar_presets)
     names = [scene_name(i) for i in range(num_scenes)]
     return {"train": names[: num_scenes - val], "val": names[num_scenes - val:]}
