@@ -14,7 +14,7 @@ import yaml
 
 from ssov_train.data.synthetic import generate_world
 from ssov_train.data.synthetic import models as m
-from ssov_train.data.synthetic.presets import (SENSORS_FILE, Dropout, load_presets, lidar_preset, parse_presets,
+from ssov_train.data.synthetic.presets import (SENSORS_FILE, load_presets, lidar_preset, parse_presets,
                                                resolve_presets)
 from ssov_train.data.synthetic.raycast import SpinningGrid
 from ssov_train.data.synthetic.sensors import lidar_grid, scan_lidar
@@ -246,7 +246,8 @@ def test_returns_closer_than_the_minimum_range_are_dropped():
 # ---- the varied street -------------------------------------------------------------------------------------------
 LISTED_THINGS = {"car": {m.CAR}, "truck": {m.TRUCK}, "bus": {m.RIGID_BUS, m.BENDY_BUS}, "trailer": {m.TRAILER},
                  "construction_vehicle": {m.CONSTRUCTION}, "motorcycle": {m.MOTORCYCLE}, "bicycle": {m.BICYCLE},
-                 "pedestrian": {m.ADULT, m.CHILD, m.WORKER, m.OFFICER}, "barrier": {m.BARRIER}, "traffic_cone": {m.CONE}}
+                 "pedestrian": {m.ADULT, m.CHILD, m.WORKER, m.OFFICER}, "barrier": {m.BARRIER},
+                 "traffic_cone": {m.CONE}}
 # Typical dimensions (length, width, height) in metres, bounds from published figures: EU limits (width 2.55 m,
 # 2.6 m refrigerated; rigid vehicles 12 m, 3-axle buses 13.5 m, articulated buses 18.75 m, semi-trailers 13.6 m),
 # passenger cars and vans (3.5-6.5 m long), people 0.9-2.0 m tall, traffic cones 0.3-1.0 m (EN 13422), jersey and
@@ -369,13 +370,17 @@ def good_file() -> dict:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["presets"]["vlp16"].update(elevations_deg=[1.0, -1.0]), "presets.vlp16: elevations_deg must list the beams from the lowest up, strictly increasing"),
+    (lambda d: d["presets"]["vlp16"].update(elevations_deg=[1.0, -1.0]),
+     "presets.vlp16: elevations_deg must list the beams from the lowest up, strictly increasing"),
     (lambda d: d["presets"]["vlp16"].update(beams=16), "presets.vlp16.beams: unknown key"),
     (lambda d: d["presets"]["os1_128"]["evenly_spaced"].pop("count"), "presets.os1_128.evenly_spaced.count: required"),
     (lambda d: d["presets"]["os1_128"].update(elevations_deg=[0.0]), "presets.os1_128: give the beams either as"),
-    (lambda d: d["presets"]["hdl64e"]["intensity"].update(output="int8"), r"presets.hdl64e.intensity.output: 'int8' is not one of \['unit', 'uint8', 'uint16'\]"),
-    (lambda d: d["presets"]["os1_128"]["mount"].update(rotation=[1.0, 0.1, 0.0, 0.0]), r"presets.os1_128.mount: rotation \[1.0, 0.1, 0.0, 0.0\] is not a unit quaternion"),
-    (lambda d: d["presets"]["os1_128"]["dropout"].update(far=1.5), r"presets.os1_128.dropout: near and far are probabilities in \[0, 1\], got 0.005, 1.5"),
+    (lambda d: d["presets"]["hdl64e"]["intensity"].update(output="int8"),
+     r"presets.hdl64e.intensity.output: 'int8' is not one of \['unit', 'uint8', 'uint16'\]"),
+    (lambda d: d["presets"]["os1_128"]["mount"].update(rotation=[1.0, 0.1, 0.0, 0.0]),
+     r"presets.os1_128.mount: rotation \[1.0, 0.1, 0.0, 0.0\] is not a unit quaternion"),
+    (lambda d: d["presets"]["os1_128"]["dropout"].update(far=1.5),
+     r"presets.os1_128.dropout: near and far are probabilities in \[0, 1\], got 0.005, 1.5"),
     (lambda d: d["presets"]["vlp16"].pop("max_range"), "presets.vlp16.max_range: required key missing"),
     (lambda d: d.update(default="vls128"), "default 'vls128' is not a preset"),
     (lambda d: d["presets"].update(all=d["presets"]["vlp16"]), "'all' and names with ',' are reserved"),

@@ -30,7 +30,8 @@ def preset_figures(out: Path, name: str, seed: int = SEED, street: str = STREET)
     to_ego = preset.to_ego
     xyz = scan.points[:, :3].astype(np.float64) @ to_ego[:3, :3].T + to_ego[:3, 3]
     dictionary = load_dictionary("nuscenes")
-    bev_labels(xyz, dictionary.map_raw(scan.raw_labels), dictionary.palette, dictionary.class_names, out / f"synthetic_{name}_classes.png",
+    bev_labels(xyz, dictionary.map_raw(scan.raw_labels), dictionary.palette, dictionary.class_names,
+               out / f"synthetic_{name}_classes.png",
                f"{name}: {preset.beams} beams x {preset.azimuth_steps} firings, {len(xyz):,} points "
                f"({street} street, seed {seed})", extent=EXTENT_M)
     intensity = scan.intensity.astype(np.float64)

@@ -493,13 +493,15 @@ def _frontage(b: _Builder, kind: str, x: float, seg: float, cs: _CrossSection, s
         else:
             b.add(m.hedge(rng, seg - 0.4), m.VEGETATION, x + seg / 2, out(0.6))
         for _ in range(int(rng.integers(0, 3))):
-            b.add(m.bush(rng), m.VEGETATION, x + float(rng.uniform(1.5, seg - 1.5)), out(float(rng.uniform(2, setback))))
+            b.add(m.bush(rng), m.VEGETATION, x + float(rng.uniform(1.5, seg - 1.5)),
+                  out(float(rng.uniform(2, setback))))
         if rng.random() < 0.5:
             b.add(m.tree(rng), m.VEGETATION, x + float(rng.uniform(2, seg - 2)), out(setback / 2 + 0.5))
     elif kind == "park":  # rolling grass (terrain) with trees, conifers and bushes
         for _ in range(int(seg / 12) + 1):
-            b.add(m.mound(rng, street.grass), m.TERRAIN, x + float(rng.uniform(3, seg - 3)),
-                  out(float(rng.uniform(6, 18))))
+            model = m.mound(rng, street.grass)  # kept clear of the sidewalk
+            b.add(model, m.TERRAIN, x + float(rng.uniform(3, seg - 3)),
+                  out(model[1][1] / 2 + float(rng.uniform(0.5, 8))))
         for _ in range(int(seg / 8)):
             model = m.conifer(rng) if rng.random() < 0.4 else m.tree(rng)
             b.add(model, m.VEGETATION, x + float(rng.uniform(2, seg - 2)), out(float(rng.uniform(4, 20))))
