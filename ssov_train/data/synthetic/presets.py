@@ -162,11 +162,6 @@ class LidarPreset:
         """lidar -> ego (4x4)."""
         return make_transform(self.mount.rotation, self.mount.translation)
 
-    @property
-    def height(self) -> float:
-        """Mounting height above the ground (the ego origin lies on it)."""
-        return float(self.mount.translation[2])
-
 
 def sensors_file() -> Path:
     """config/sensors.yaml of the source tree, else the installed share/ssov_ros/config/sensors.yaml."""
