@@ -48,7 +48,8 @@ def cmd_synth(args) -> int:
     from .data.synthetic import generate_world
 
     path = generate_world(args.out, name=args.name, num_scenes=args.scenes, frames_per_scene=args.frames,
-                          seed=args.seed, image_width=args.width, image_height=args.height)
+                          seed=args.seed, image_width=args.width, image_height=args.height, lidar=args.sensor,
+                          street=args.street)
     print(f"synthetic world written to {path}")
     return 0
 
@@ -214,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--width", type=int, default=None, help="camera image width (default: the generator's)")
     s.add_argument("--height", type=int, default=None)
+    s.add_argument("--sensor", default=None, metavar="PRESET[,PRESET...]|all",
+                   help="lidar presets of config/sensors.yaml (nuscenes_hdl32e, vlp16, hdl64e, os1_128; default: "
+                        "its default, the nuScenes HDL-32E); with several, scene i is swept by the (i mod n)-th")
+    s.add_argument("--street", default="classic",
+                   help="street style: classic (today's streets) or varied (verges, terrain, houses, roadworks, "
+                        "every object class on every street)")
     s.set_defaults(func=cmd_synth)
 
     def stage_parser(name: str, help_: str, func, shardable: bool = False):

@@ -46,6 +46,16 @@ _REFLECTIVITY = {Material.SKY: 0.0, Material.ASPHALT: 0.05, Material.MARKING: 0.
                  Material.PLASTIC: 0.12, Material.FUR: 0.07}
 REFLECTIVITY = np.array([_REFLECTIVITY[m] for m in Material])  # indexed by material id
 
+# Diffuse reflectivity at 905 nm (the lasers' near infrared), for the presets that model the echo physically:
+# vegetation is bright in the NIR, asphalt dark, tyres and glass (mostly specular or transmitting) darker still;
+# retro-reflectors (hi-vis, signs, lane paint's glass beads) send back more than any diffuse white (> 1).
+_NIR_REFLECTIVITY = {Material.SKY: 0.0, Material.ASPHALT: 0.15, Material.MARKING: 0.6, Material.CONCRETE: 0.3,
+                     Material.GRASS: 0.45, Material.FOLIAGE: 0.5, Material.BARK: 0.3, Material.FACADE: 0.35,
+                     Material.PAINT: 0.3, Material.GLASS: 0.05, Material.RUBBER: 0.03, Material.METAL: 0.4,
+                     Material.CLOTH: 0.35, Material.SKIN: 0.45, Material.REFLECTIVE: 1.5, Material.SIGN: 3.0,
+                     Material.PLASTIC: 0.3, Material.FUR: 0.3}
+NIR_REFLECTIVITY = np.array([_NIR_REFLECTIVITY[m] for m in Material])
+
 # Raw nuScenes-lidarseg class ids (config/vocab/nuscenes.yaml raw_classes).
 ADULT, CHILD, WORKER, OFFICER, STROLLER, ANIMAL = 2, 3, 4, 6, 7, 1
 BARRIER, PUSHABLE, CONE, BICYCLE_RACK = 9, 11, 12, 13
@@ -343,6 +353,37 @@ def bush(rng: np.random.Generator) -> Model:
     r, h = rng.uniform(0.5, 1.5), rng.uniform(0.6, 1.6)
     green = np.array([0.2, 0.4, 0.15]) * rng.uniform(0.7, 1.2, 3)
     return [ellipsoid(0, 0, h * 0.45, r, r * 0.9, h * 0.55, Material.FOLIAGE, green)], np.array([2 * r, 2 * r, h])
+
+
+def conifer(rng: np.random.Generator) -> Model:
+    """A narrow evergreen: short trunk, tall crown."""
+    trunk_h, trunk_r = rng.uniform(0.8, 1.8), rng.uniform(0.12, 0.25)
+    rx, rz = rng.uniform(1.0, 2.2), rng.uniform(3.0, 6.0)
+    green = np.array([0.1, 0.28, 0.12]) * rng.uniform(0.7, 1.2, 3)
+    return [cylinder(0, 0, (trunk_h + 0.8) / 2, trunk_r, trunk_h + 0.8, Material.BARK, (0.3, 0.22, 0.15)),
+            ellipsoid(0, 0, trunk_h + rz, rx, rx, rz, Material.FOLIAGE, green)], \
+        np.array([2 * rx, 2 * rx, trunk_h + 2 * rz])
+
+
+def mound(rng: np.random.Generator, grass) -> Model:
+    """A low grassy hump of terrain (half an ellipsoid above the ground)."""
+    rx, ry, h = rng.uniform(3, 9), rng.uniform(3, 9), rng.uniform(0.3, 1.5)
+    color = np.clip(np.asarray(grass) * rng.uniform(0.9, 1.1, 3), 0, 1)
+    return [ellipsoid(0, 0, 0, rx, ry, h, Material.GRASS, color)], np.array([2 * rx, 2 * ry, h])
+
+
+def bollard(rng: np.random.Generator) -> Model:
+    height, radius = rng.uniform(0.8, 1.1), rng.uniform(0.06, 0.12)
+    color = _pick(rng, np.array([[0.2, 0.2, 0.22], [0.5, 0.5, 0.52], [0.85, 0.85, 0.8]]))
+    return [cylinder(0, 0, height / 2, radius, height, Material.METAL, color)], np.array([2 * radius] * 2 + [height])
+
+
+def utility_pole(rng: np.random.Generator) -> Model:
+    """A wooden pole with a cross-arm."""
+    height, radius = rng.uniform(8.0, 11.0), rng.uniform(0.12, 0.16)
+    wood = (0.35, 0.27, 0.18)
+    return [cylinder(0, 0, height / 2, radius, height, Material.BARK, wood),
+            box(0, 0, height - 0.6, 0.12, 1.8, 0.12, Material.BARK, wood)], np.array([2 * radius, 1.8, height])
 
 
 def hedge(rng: np.random.Generator, length: float) -> Model:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...geometry.transforms import make_transform
+from .presets import lidar_preset
 
 FULL_WIDTH, FULL_HEIGHT = 1600, 900
 
@@ -41,15 +42,16 @@ class CameraSpec:
         return make_transform(self.rotation, self.translation)
 
 
-LIDAR_ROTATION = (0.7077955191, -0.0064922422, 0.0106462145, -0.7063073071)  # lidar -> ego (w, x, y, z)
-LIDAR_TRANSLATION = (0.94371301, 0.0, 1.84022999)
-# HDL-32E: ring 0 looks 30.67 deg down, ring 31 10.67 deg up; 1,084 firings per revolution.
-LIDAR_ELEVATIONS_DEG = tuple(np.linspace(-30.67, 10.67, 32).tolist())
-LIDAR_AZIMUTH_STEPS = 1084
+# The nuScenes lidar (HDL-32E: ring 0 looks 30.67 deg down, ring 31 10.67 deg up; 1,084 firings per revolution)
+# is the preset nuscenes_hdl32e of config/sensors.yaml, which holds its calibration.
+NUSCENES_LIDAR = lidar_preset("nuscenes_hdl32e")
+LIDAR_ROTATION = NUSCENES_LIDAR.mount.rotation  # lidar -> ego (w, x, y, z)
+LIDAR_TRANSLATION = NUSCENES_LIDAR.mount.translation
+LIDAR_ELEVATIONS_DEG = tuple(NUSCENES_LIDAR.elevations.tolist())
 
 
 def lidar_to_ego() -> np.ndarray:
-    return make_transform(LIDAR_ROTATION, LIDAR_TRANSLATION)
+    return NUSCENES_LIDAR.to_ego
 
 
 CAMERA_SPECS = (

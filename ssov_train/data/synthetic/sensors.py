@@ -4,22 +4,24 @@ Both cast the rig's rays into a scene at the sensor's own capture time (cameras 
 lidar sweep, as in nuScenes, while the ego and the traffic keep moving).  Cameras shade each hit by material
 (textures from the hit point, Lambertian sun, haze, sky gradient, sensor noise) and keep the raw class and
 instance of every pixel; the lidar turns each hit into a point with range noise and an intensity from the
-material's reflectivity and the incidence angle.
+material's reflectivity, the incidence angle and the range, then drops the echoes its preset
+(config/sensors.yaml) never returns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
 from . import models as m
+from .presets import REFLECTIVITY_TABLES, LidarPreset, lidar_preset
 from .raycast import Hits, PinholeGrid, SpinningGrid, cast
-from .rig import LIDAR_AZIMUTH_STEPS, LIDAR_ELEVATIONS_DEG, CameraSpec, lidar_to_ego
+from .rig import CameraSpec
 from .world import CAMERA_FAR, Scene
 
-LIDAR_MAX_RANGE = 70.0
-RANGE_NOISE_M = 0.015
 _HORIZON, _ZENITH = np.array([0.8, 0.84, 0.9], np.float32), np.array([0.33, 0.52, 0.82], np.float32)
 _WINDOW = np.array([0.16, 0.2, 0.26], np.float32)
 _TEXTURE_NOISE = np.full(len(m.Material), 0.03, np.float32)  # per-pixel brightness noise by material
@@ -32,6 +34,7 @@ class LidarScan:
     points: np.ndarray  # (N, 5) float32 x, y, z, intensity, ring in the lidar frame (nuScenes .pcd.bin)
     raw_labels: np.ndarray  # (N,) uint8
     instances: np.ndarray  # (N,) uint16
+    intensity: np.ndarray  # (N,) as the sensor reports it: float32 0..1, uint8 or uint16 (points[:, 3] holds it too)
 
 
 @dataclass
@@ -42,8 +45,15 @@ class CameraImage:
     unoccluded: dict[int, int]  # instance -> pixels it would cover without occluders
 
 
-def lidar_grid() -> SpinningGrid:
-    return SpinningGrid(LIDAR_ELEVATIONS_DEG, LIDAR_AZIMUTH_STEPS)
+def lidar_grid(preset: Optional[LidarPreset] = None) -> SpinningGrid:
+    """The ray grid of a preset (default: the default preset's)."""
+    preset = preset or lidar_preset()
+    return _spinning_grid(tuple(preset.elevations.tolist()), preset.azimuth_steps)
+
+
+@lru_cache(maxsize=8)
+def _spinning_grid(elevations_deg: tuple[float, ...], steps: int) -> SpinningGrid:
+    return SpinningGrid(elevations_deg, steps)
 
 
 def _add_ground(hits: Hits, dirs: np.ndarray, pose: np.ndarray, scene: Scene, max_range: float) -> None:
@@ -60,21 +70,54 @@ def _add_ground(hits: Hits, dirs: np.ndarray, pose: np.ndarray, scene: Scene, ma
     hits.write(rays, depth, raw, 0, material, color, up.astype(np.float32))
 
 
-def scan_lidar(scene: Scene, grid: SpinningGrid, t: float, rng: np.random.Generator) -> LidarScan:
-    """One sweep at scene time ``t`` (no-returns dropped), points in firing order (azimuth-major)."""
-    pose = scene.ego_pose(t) @ lidar_to_ego()
+def scan_lidar(scene: Scene, grid: SpinningGrid, t: float, rng: np.random.Generator,
+               preset: Optional[LidarPreset] = None) -> LidarScan:
+    """One sweep at scene time ``t`` (no-returns dropped), points in firing order (azimuth-major).
+
+    ``preset`` (default: the default preset) gives the mount, range limits, noise, intensity and dropouts;
+    ``grid`` its rays (:func:`lidar_grid`, or a coarser grid of the same beams).
+    """
+    preset = preset or lidar_preset()
+    pose = scene.ego_pose(t) @ preset.to_ego
     hits = Hits.empty(grid.dirs.shape[1], 0, m.Material.SKY)
-    _add_ground(hits, grid.dirs, pose, scene, LIDAR_MAX_RANGE)
-    cast(grid, hits, scene.place(t, pose, LIDAR_MAX_RANGE), LIDAR_MAX_RANGE)
+    _add_ground(hits, grid.dirs, pose, scene, preset.max_range)
+    cast(grid, hits, scene.place(t, pose, preset.max_range), preset.max_range)
     order = np.arange(grid.dirs.shape[1]).reshape(grid.rings, grid.steps).T.ravel()
     order = order[np.isfinite(hits.depth[order])]
-    dirs, normal = grid.dirs[:, order].T, hits.normal[order]
-    measured = hits.depth[order] + rng.normal(0, RANGE_NOISE_M, len(order))
+    dirs, normal, depth, material = grid.dirs[:, order].T, hits.normal[order], hits.depth[order], hits.material[order]
+    measured = depth + rng.normal(0, preset.range_noise, len(order))
     incidence = np.abs((dirs * normal).sum(1))
-    intensity = 255 * m.REFLECTIVITY[hits.material[order]] * (0.2 + 0.8 * incidence) \
-        * rng.lognormal(0, 0.3, len(order))
-    points = np.c_[dirs * measured[:, None], np.round(np.clip(intensity, 0, 255)), order // grid.steps]
-    return LidarScan(points.astype(np.float32), hits.raw_class[order], hits.instance[order])
+    speckle = rng.lognormal(0, preset.intensity.speckle_sigma, len(order))
+    intensity = preset.intensity.quantise(preset.intensity.signal(material, incidence, depth, speckle))
+    keep = _returned(preset, material, incidence, depth, speckle, rng)
+    if keep is not None:
+        order, dirs, measured, intensity = order[keep], dirs[keep], measured[keep], intensity[keep]
+    points = np.c_[dirs * measured[:, None], intensity, order // grid.steps]
+    return LidarScan(points.astype(np.float32), hits.raw_class[order], hits.instance[order], intensity)
+
+
+def _returned(preset: LidarPreset, material: np.ndarray, incidence: np.ndarray, depth: np.ndarray,
+              speckle: np.ndarray, rng: np.random.Generator) -> Optional[np.ndarray]:
+    """Which hits come back as points (None: all of them, and no random draws, as in today's default world).
+
+    Too close; dropped at random (more often far away); or too weak: the echo of reflectivity x incidence
+    response x speckle, falling with the squared range, below what the sensor detects.
+    """
+    intensity, dropout = preset.intensity, preset.dropout
+    if preset.min_range == 0 and not (dropout.near or dropout.far) and dropout.detection is None:
+        return None
+    keep = np.ones(len(depth), bool)
+    if preset.min_range > 0:
+        keep &= depth >= preset.min_range
+    if dropout.near or dropout.far:
+        p = dropout.near + (dropout.far - dropout.near) * np.clip(depth / preset.max_range, 0.0, 1.0)
+        keep &= rng.random(len(depth)) >= p
+    if dropout.detection is not None:
+        echo = REFLECTIVITY_TABLES[intensity.reflectivity][material] \
+            * (intensity.incidence_floor + (1 - intensity.incidence_floor) * incidence) * speckle
+        keep &= echo * (dropout.detection.range_at_reference / np.maximum(depth, 1e-6)) ** 2 \
+            >= dropout.detection.reflectivity
+    return keep
 
 
 def render_camera(scene: Scene, spec: CameraSpec, grid: PinholeGrid, t: float,

@@ -4,8 +4,10 @@ The output loads with the nuScenes devkit and :class:`~ssov_train.data.nuscenes.
 v1.0-mini does::
 
     <root>/v1.0-<name>/{category,attribute,visibility,sensor,calibrated_sensor,ego_pose,log,map,scene,
-                        sample,sample_data,instance,sample_annotation,lidarseg}.json, splits.json
+                        sample,sample_data,instance,sample_annotation,lidarseg}.json, splits.json,
+                        lidar_presets.json (which lidar preset drove each scene, and those presets)
     <root>/samples/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp>.pcd.bin    float32 x, y, z, intensity, ring
+                                                     (intensity in the scene's preset's range: 0..1, 0..255 ...)
     <root>/samples/CAM_*/<log>__CAM_*__<timestamp>.jpg
     <root>/lidarseg/v1.0-<name>/<lidar sample_data token>_lidarseg.bin    uint8 raw class per point
     <root>/maps/<map token>.png                      semantic prior (road + sidewalks), 0.1 m per pixel
@@ -35,14 +37,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ...config import to_dict
 from ...errors import ConfigError
 from ...geometry.transforms import matrix_to_quat
 from ...vocab import load_dictionary
 from ..nuscenes import SYNTHETIC_VEHICLE
+from .presets import lidar_preset, resolve_presets
 from .raycast import PinholeGrid
-from .rig import CAMERA_SPECS, LIDAR_ROTATION, LIDAR_TRANSLATION, CameraSpec
+from .rig import CAMERA_SPECS, CameraSpec
 from .sensors import lidar_grid, render_camera, scan_lidar
-from .world import SAMPLE_PERIOD_S, Scene, build_scene, scene_name
+from .world import SAMPLE_PERIOD_S, Scene, build_scene, scene_name, street_style_named
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 450  # half of nuScenes' 1600x900; intrinsics scaled by 0.5
 SCENE_START_US = 1_600_000_000_000_000  # scene i starts i hours after this
@@ -101,19 +105,21 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 @lru_cache(maxsize=1)
-def _scene(seed: int, index: int, frames: int) -> Scene:
+def _scene(seed: int, index: int, frames: int, street: str) -> Scene:
     """Scenes are cheap to build and deterministic: each worker process builds its own copy once."""
-    return build_scene(seed, index, frames)
+    return build_scene(seed, index, frames, street)
 
 
 def _render_frame(seed: int, index: int, frames: int, frame: int, root: Path, name: str,
-                  size: tuple[int, int]) -> _FrameResult:
-    """Render and write one keyframe: the sweep, its labels, six images and their ground truth."""
-    scene = _scene(seed, index, frames)
+                  size: tuple[int, int], street: str, lidar: str) -> _FrameResult:
+    """Render and write one keyframe: the sweep (by the lidar preset named ``lidar``), its labels, six
+    images and their ground truth."""
+    scene = _scene(seed, index, frames, street)
     version, tokens, log = f"v1.0-{name}", _Tokens(name, seed), _logfile(name, seed, scene)
     rng = np.random.default_rng([seed, scene.index, frame])
     t_lidar = frame * SAMPLE_PERIOD_S + rng.uniform(-0.003, 0.003)
-    scan = scan_lidar(scene, lidar_grid(), t_lidar, rng)
+    preset = lidar_preset(lidar)
+    scan = scan_lidar(scene, lidar_grid(preset), t_lidar, rng, preset)
     lidar_file = root / _sample_file("LIDAR_TOP", log, _timestamp(scene, t_lidar))
     lidar_file.parent.mkdir(parents=True, exist_ok=True)
     scan.points.tofile(lidar_file)
@@ -181,8 +187,8 @@ def _visibility_token(visible: int, unoccluded: int) -> str:
 
 
 def _scene_tables(scene: Scene, results: list[_FrameResult], tokens: _Tokens, log: str, version: str,
-                  size: tuple[int, int], raw_classes: dict[int, str]) -> dict[str, list[dict]]:
-    """All records of one scene (everything but the static tables)."""
+                  size: tuple[int, int], raw_classes: dict[int, str], lidar: str) -> dict[str, list[dict]]:
+    """All records of one scene (everything but the static tables); ``lidar`` names its lidar preset."""
     s = scene.index
     log_token, map_token = tokens("log", s), tokens("map", s)
     out = {"log": [{"token": log_token, "logfile": log, "vehicle": SYNTHETIC_VEHICLE, "date_captured": "2020-09-13",
@@ -193,9 +199,10 @@ def _scene_tables(scene: Scene, results: list[_FrameResult], tokens: _Tokens, lo
                       "first_sample_token": tokens("sample", s, results[0].frame),
                       "last_sample_token": tokens("sample", s, results[-1].frame),
                       "name": scene.name, "description": scene.description}]}
+    mount = lidar_preset(lidar).mount
     calib = {"LIDAR_TOP": {"token": tokens("calibrated_sensor", s, "LIDAR_TOP"),
-                           "sensor_token": tokens("sensor", "LIDAR_TOP"), "translation": list(LIDAR_TRANSLATION),
-                           "rotation": list(LIDAR_ROTATION), "camera_intrinsic": []}}
+                           "sensor_token": tokens("sensor", "LIDAR_TOP"), "translation": list(mount.translation),
+                           "rotation": list(mount.rotation), "camera_intrinsic": []}}
     for spec in CAMERA_SPECS:
         calib[spec.name] = {"token": tokens("calibrated_sensor", s, spec.name),
                             "sensor_token": tokens("sensor", spec.name), "translation": list(spec.translation),
@@ -273,7 +280,8 @@ def _write_map(root: Path, scene: Scene, filename: str) -> None:
 
 
 def _check(name: str, num_scenes: int, frames_per_scene: int, width: int, height: int,
-           splits: dict[str, list[str]]) -> None:
+           splits: dict[str, list[str]], street: str) -> None:
+    street_style_named(street)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"synthetic world name {name!r}: use letters, digits, '-' and '_' only")
     if num_scenes < 1 or frames_per_scene < 1:
@@ -287,9 +295,15 @@ def _check(name: str, num_scenes: int, frames_per_scene: int, width: int, height
                               f"got {scenes!r}")
 
 
-def default_splits(num_scenes: int) -> dict[str, list[str]]:
-    """The last fifth of the scenes (at least one, when there are two or more) for validation, the rest train."""
+def default_splits(num_scenes: int, lidar_presets: int = 1) -> dict[str, list[str]]:
+    """The last fifth of the scenes (at least one, when there are two or more) for validation, the rest train.
+
+    Scenes take the lidar presets in turn, so validation takes at least one scene per preset when there are
+    at least two scenes per preset (training keeps one of each).
+    """
     val = max(1, round(num_scenes / 5)) if num_scenes > 1 else 0
+    if num_scenes >= 2 * lidar_presets:
+        val = max(val, lidar_presets)
     names = [scene_name(i) for i in range(num_scenes)]
     return {"train": names[: num_scenes - val], "val": names[num_scenes - val:]}
 
@@ -297,16 +311,20 @@ def default_splits(num_scenes: int) -> dict[str, list[str]]:
 def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: int = 2, frames_per_scene: int = 40,
                    seed: int = 0, image_width: Optional[int] = None, image_height: Optional[int] = None,
                    splits: Optional[dict[str, list[str]]] = None, workers: Optional[int] = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, lidar: Optional[str | list[str]] = None,
+                   street: str = "classic") -> Path:
     """Generate a synthetic world as the nuScenes version ``v1.0-<name>`` under ``out_root``; return the root.
 
     ``splits`` maps split names to scene names, ``scene-0000`` ... (default: :func:`default_splits`), written
-    to ``splits.json``; ``workers`` processes render frames in parallel (default: one per CPU).  Same
+    to ``splits.json``; ``workers`` processes render frames in parallel (default: one per CPU).  ``lidar``
+    names the lidar presets of config/sensors.yaml ('a,b', a list, or 'all'; default: the default preset):
+    scene i is swept by the (i mod n)-th; ``street`` is a street style of :data:`STREET_STYLES`.  Same
     arguments, same bytes, whatever the number of workers.
     """
     width, height = image_width or DEFAULT_WIDTH, image_height or DEFAULT_HEIGHT
-    splits = default_splits(num_scenes) if splits is None else dict(splits)
-    _check(name, num_scenes, frames_per_scene, width, height, splits)
+    lidars = resolve_presets(lidar)
+    splits = default_splits(num_scenes, len(lidars)) if splits is None else dict(splits)
+    _check(name, num_scenes, frames_per_scene, width, height, splits, street)
     root = Path(out_root)
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise ConfigError(f"{root} already exists and is not empty; remove it or pass overwrite=True")
@@ -324,19 +342,25 @@ def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: in
             run = stack.enter_context(ProcessPoolExecutor(workers, initializer=_one_blas_thread)).map \
                 if workers > 1 else map
             for index in range(num_scenes):
-                scene = _scene(seed, index, frames_per_scene)
+                scene = _scene(seed, index, frames_per_scene, street)
                 log = _logfile(name, seed, scene)
+                scene_lidar = lidars[index % len(lidars)]
                 render = partial(_render_frame, seed, index, frames_per_scene, root=tmp, name=name,
-                                 size=(width, height))
+                                 size=(width, height), street=street, lidar=scene_lidar)
                 results = []
                 for result in run(render, range(frames_per_scene)):
                     results.append(result)
                     bar.update()
                 for table, records in _scene_tables(scene, results, tokens, log, version, (width, height),
-                                                    raw_classes).items():
+                                                    raw_classes, scene_lidar).items():
                     tables.setdefault(table, []).extend(records)
                 _write_map(tmp, scene, f"maps/{tokens('map', index)}.png")
         tables["splits"] = splits
+        tables["lidar_presets"] = {  # not a devkit table: which lidar swept each scene, and how
+            "street": street,
+            "scenes": {scene_name(i): lidars[i % len(lidars)] for i in range(num_scenes)},
+            "presets": {n: {**to_dict(lidar_preset(n)), "elevations_deg": lidar_preset(n).elevations.tolist()}
+                        for n in lidars}}
         (tmp / version).mkdir()
         for table, records in tables.items():  # plain writes: the whole directory is published at once
             (tmp / version / f"{table}.json").write_text(json.dumps(records))
