@@ -77,10 +77,12 @@ def write(top_level: Path) -> None:
               f"{top_level.name}")
         print("# with requirements.txt as constraints (a subset of the full lock, pin for pin).")
         print("# Regenerate with `make lock` (never edit by hand); install it with --no-deps (docs/performance.md).")
+        print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}.")
     else:
         print(f"# The full lock: every package the project's venv installs, resolved by pip from {top_level.name}.")
         print("# Regenerate with `make lock` (never edit by hand); `make` installs it with --no-deps.")
-    print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}, CPU build of torch.")
+        print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}, "
+              "CPU build of torch.")
     for _, (name, version) in sorted(installed().items()):
         print(f"{name}=={version}")
 
