@@ -77,7 +77,9 @@ def _factory(name: str) -> Callable[..., Backend]:
         try:
             factory = getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            raise ConfigError(f"inference backend {name!r} is not available here: {exc}") from exc
+            hint = (" (a slim runtime runs exported model packages: `ssov-export onnx --checkpoint ...` where torch "
+                    "is installed)" if name == "torch" else "")
+            raise ConfigError(f"inference backend {name!r} is not available here: {exc}{hint}") from exc
     return factory
 
 

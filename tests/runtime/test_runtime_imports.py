@@ -58,6 +58,15 @@ def test_the_blocker_blocks():
     assert sys.modules["torch"] is torch and sys.modules["ssov_train.afi"] is ssov_train.afi
 
 
+def test_without_torch_a_checkpoint_is_refused_with_one_clear_error():
+    with blocked():
+        from ssov_train.errors import ConfigError
+        from ssov_train.inference import open_backend
+
+        with pytest.raises(ConfigError, match="backend 'torch' is not available here: No module named 'torch'"):
+            open_backend(DEMO)
+
+
 def test_the_full_environment_run_is_afi_then_streaming_afi(full_environment, demo_package):
     """The reference itself is the core's streaming AFI on the two posed sweeps, and the second sweep's labels
     are not those of AFI alone: the first sweep voted."""
