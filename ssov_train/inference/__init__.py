@@ -18,4 +18,3 @@ from .spec import ModelSpec
 
 __all__ = ["Backend", "FrameOutcome", "Inferred", "ModelSpec", "PipelinedSegmenter", "Segmentation",
            "Segmenter", "available_backends", "open_backend", "register_backend"]
-
