@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # Both create .venv from the lock (requirements.txt, every package pinned) when needed; a no-op when up to date.
-# `make lock` re-resolves the lock from the top-level requirements.in (then commit both).
+# `make lock` re-resolves the lock from the top-level requirements.in (then commit both), and the runtime lock
+# requirements-runtime.txt (the node on an exported package, without torch) from requirements-runtime.in.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -37,6 +38,12 @@ lock:
 	$(LOCK_VENV)/bin/pip check
 	$(LOCK_VENV)/bin/python tools/lockfile.py write requirements.in > requirements.txt.tmp
 	mv requirements.txt.tmp requirements.txt && rm -rf $(LOCK_VENV)
+	# the runtime lock (the node on an exported package, no torch): requirements-runtime.in within the full lock
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-runtime.in -c requirements.txt
+	$(LOCK_VENV)/bin/pip check
+	$(LOCK_VENV)/bin/python tools/lockfile.py write requirements-runtime.in > requirements-runtime.txt.tmp
+	mv requirements-runtime.txt.tmp requirements-runtime.txt && rm -rf $(LOCK_VENV)
 
 # The GPU machines' lock (CPython 3.12, manylinux x86_64, their own CUDA torch), resolved here without installing;
 # packages shared with requirements.txt keep its versions.

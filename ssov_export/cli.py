@@ -24,8 +24,17 @@ def _profile(text: str) -> tuple[int, int, int]:
 def cmd_onnx(args) -> int:
     from .onnx_export import export_package
 
-    out, parity = export_package(args.checkpoint, args.out, profile=args.profile, check=not args.no_check)
-    print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + model.yaml")
+    from .package import load_package
+
+    out, parity = export_package(args.checkpoint, args.out, profile=args.profile, check=not args.no_check,
+                                 text_embeddings=args.text_embeddings)
+    pkg = load_package(out, verify=False)
+    table = pkg.text_embeddings_path
+    print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + model.yaml"
+          + (f" + {table.name}" if table is not None else ""))
+    if not pkg.spec.has_classes and table is None:
+        print("note: no text embeddings in the package (the checkpoint's teacher outputs are not on disk): text "
+              "queries will need --embeddings or --text-encoder; pass --text-embeddings to include them")
     if parity is not None:  # the portable graph's parity is checked too and recorded in model.yaml
         print(f"parity vs spconv on the real sample (cpu graph), {parity}")
     return 0
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, type=Path, help="package directory, e.g. models/demo.ssovpkg")
     o.add_argument("--profile", type=_profile, help="TensorRT MIN,OPT,MAX voxels (default 1024,<sample>,4x<sample>)")
     o.add_argument("--no-check", action="store_true", help="skip the parity check against spconv")
+    o.add_argument("--text-embeddings", type=Path,
+                   help="feature models: the text embeddings to carry (an .npz table or a teacher-output directory; "
+                        "default: the teacher the checkpoint records, if still on disk)")
     o.set_defaults(func=cmd_onnx)
     c = sub.add_parser("check", help="verify a package (sidecar, sha256, TensorRT readiness[, parity])")
     c.add_argument("package", type=Path)

@@ -17,7 +17,8 @@ from ssov_train.training.checkpoint import load_model
 from .engine import sample_shapes
 from .kernel_maps import build_kernel_maps
 from .onnx_graph import OPSET, build_graph
-from .package import CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, load_package, sha256_of
+from .package import (CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, TEXT_EMBEDDINGS_FILE,
+                      load_package, sha256_of)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data" / "nuscenes_sample"
@@ -101,15 +102,39 @@ def _versions() -> dict[str, str]:
             "onnxruntime": str(onnxruntime.__version__), "python": platform.python_version()}
 
 
+def text_table(ckpt: dict, spec, source: Optional[Path] = None):
+    """The text embeddings a feature model's package carries: ``source`` (an embedding table or a teacher-output
+    directory) when given, else the teacher the checkpoint records if still on disk, else None.  Class models
+    answer queries with their classes and carry none."""
+    from ssov_train.openvocab.query import EmbeddingTable, checkpoint_teacher
+
+    if spec.has_classes:
+        if source is not None:
+            raise ConfigError("text embeddings are for feature (pre-training) models; a class model answers "
+                              "queries with its classes")
+        return None
+    source = source if source is not None else checkpoint_teacher(ckpt)
+    if source is None:
+        return None
+    table = EmbeddingTable.load(source)
+    if spec.feature_dim is not None and table.feature_dim != int(spec.feature_dim):
+        raise ConfigError(f"text embeddings {source} have dim {table.feature_dim}, the model's features "
+                          f"{spec.feature_dim}: use the teacher the model was distilled from")
+    return table
+
+
 def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tuple[int, int, int]] = None,
-                   sample_dir: Path = SAMPLE_DIR, check: bool = True) -> tuple[Path, Optional[Parity]]:
+                   sample_dir: Path = SAMPLE_DIR, check: bool = True, text_embeddings: Optional[Path] = None
+                   ) -> tuple[Path, Optional[Parity]]:
     """Write the package ``out`` for ``checkpoint``; with ``check``, verify parity on the real sample and refuse
     (DataError) a package that misses the thresholds.  ``profile``: TensorRT (min, opt, max) voxels; the
-    default is (1024, sample voxels, 4 x sample voxels)."""
+    default is (1024, sample voxels, 4 x sample voxels).  A feature model's package carries its text embeddings
+    (:func:`text_table`; ``text_embeddings`` names them explicitly)."""
     from ssov_train.inference.spec import ModelSpec
 
     model, ckpt = load_model(checkpoint)
     spec = ModelSpec.from_checkpoint(ckpt, str(checkpoint))
+    table = text_table(ckpt, spec, text_embeddings)
     vox = sample_scan(spec, sample_dir)
     maps = build_kernel_maps(vox.coords)
     chunks = maps.chunks()  # chunk lengths sized on a real sweep, frozen in the graph
@@ -127,10 +152,18 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     write_bytes_atomic(out / ONNX_FILE, graph.SerializeToString())
     cpu_graph = build_graph(model, chunks, flavour="cpu")
     write_bytes_atomic(out / CPU_ONNX_FILE, cpu_graph.SerializeToString())
+    text_meta = None
+    if table is not None:
+        table.save(out / TEXT_EMBEDDINGS_FILE)
+        text_meta = {"file": TEXT_EMBEDDINGS_FILE, "sha256": sha256_of(out / TEXT_EMBEDDINGS_FILE),
+                     "num_texts": len(table.texts), "dim": table.feature_dim,
+                     "teacher": (ckpt.get("text_embeddings") or {}).get("teacher", "")}
+    elif (out / TEXT_EMBEDDINGS_FILE).exists():  # re-export into an old package: no stale table left behind
+        (out / TEXT_EMBEDDINGS_FILE).unlink()
     sidecar = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "spec": spec.to_dict(),
-        "text_embeddings": ckpt.get("text_embeddings"),
+        "text_embeddings": text_meta,
         "onnx": {"file": ONNX_FILE, "sha256": sha256_of(out / ONNX_FILE), "opset": OPSET,
                  "inputs": [i.name for i in graph.graph.input], "outputs": ["logits"], "index_dtype": "int32"},
         "onnx_cpu": {"file": CPU_ONNX_FILE, "sha256": sha256_of(out / CPU_ONNX_FILE),

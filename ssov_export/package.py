@@ -7,10 +7,15 @@ Layout (a directory, by convention ``<name>.ssovpkg/``)::
     model.yaml     the sidecar: format/version, ModelSpec fields (classes, palette, voxelization, input fields,
                    model config, stage, vocabulary, feature dim), text embeddings file if any, the chunk length of
                    every rulebook, the TensorRT profile (min/opt/max voxels), opset, versions that made it,
-                   sha256 of model.onnx (and model_cpu.onnx), and the parity figures measured at export
+                   sha256 of model.onnx (and model_cpu.onnx, text_embeddings.npz), and the parity figures
+                   measured at export
+    text_embeddings.npz
+                   feature (TMP) models: the teacher's prompt embeddings in the model's output space
+                   (an :class:`~ssov_train.openvocab.query.EmbeddingTable`), so that text queries need neither
+                   the teacher's outputs nor its text encoder (torch) where the package runs
     engines/       TensorRT engine cache (ssov_export/engine.py), created on the target machine
 
-The sha256s are checked on every load: an ONNX file that does not match its sidecar is refused by name.
+The sha256s are checked on every load: a file that does not match its sidecar is refused by name.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ FORMAT_NAME = "ssov-model-package"
 FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
 CPU_ONNX_FILE = "model_cpu.onnx"
+TEXT_EMBEDDINGS_FILE = "text_embeddings.npz"
 SIDECAR_FILE = "model.yaml"
 REQUIRED_KEYS = ("format", "version", "spec", "onnx", "chunks", "profile")
 
@@ -72,6 +78,12 @@ class ModelPackage:
     def cpu_onnx_path(self) -> Path | None:
         """The cpu-flavour graph, or None for packages written before it existed."""
         return self.root / self.sidecar["onnx_cpu"]["file"] if "onnx_cpu" in self.sidecar else None
+
+    @property
+    def text_embeddings_path(self) -> Path | None:
+        """The package's text-embedding table, or None (class models; packages exported without one)."""
+        meta = self.sidecar.get("text_embeddings")
+        return self.root / meta["file"] if isinstance(meta, dict) and "file" in meta else None
 
     @property
     def chunks(self) -> dict[str, int]:
@@ -113,13 +125,15 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
         files = [(pkg.onnx_path, pkg.onnx_sha256)]
         if pkg.cpu_onnx_path is not None:
             files.append((pkg.cpu_onnx_path, str(sidecar["onnx_cpu"]["sha256"])))
+        if pkg.text_embeddings_path is not None:
+            files.append((pkg.text_embeddings_path, str(sidecar["text_embeddings"]["sha256"])))
         for path, expected in files:
             if not path.is_file():
                 raise DataError(f"{root}: {path.name} missing")
             actual = sha256_of(path)
             if actual != expected:
                 raise DataError(f"{path}: sha256 {actual[:12]}... does not match the sidecar's {expected[:12]}...: "
-                                "the ONNX file was modified or replaced; re-export it")
+                                "the file was modified or replaced; re-export the package")
     return pkg
 
 
@@ -133,6 +147,7 @@ class PackageBackend(Backend):
     def __init__(self, path: str | Path):
         self.package = load_package(path)
         self.spec = self.package.spec
+        self.text_embeddings = self.package.text_embeddings_path
         self.chunks = self.package.chunks  # read once: the property rebuilds the dict
         self.last_timings_ms: dict[str, float] = {}
 

@@ -34,7 +34,6 @@ from functools import lru_cache
 from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
-from scipy.sparse import csr_matrix
 
 from .geometry.kdtree import KDTree
 from .geometry.sampling import VoxelGroups, farthest_point_sample, grid_sample, group_by_voxel
@@ -790,12 +789,14 @@ class StreamingAFI:
             for age, (prev_pose, prev) in enumerate(reversed(self._history), start=1):
                 rel = np.linalg.solve(prev_pose, pose)  # current sensor -> previous sensor
                 idx, _ = prev.kdtree().query(pts @ rel[:3, :3].T + rel[:3, 3], t.match_k, t.match_radius)
-                hit = idx.reshape(-1) >= 0  # misses come back as index -1
+                hit = idx >= 0  # (N, k); misses come back as index -1 and vote with weight 0
                 weights = np.where(hit, t.decay ** age / t.match_k, 0.0).astype(np.float32)
-                cols = np.where(hit, idx.reshape(-1), 0)
-                votes = csr_matrix((weights, cols, np.arange(0, len(cols) + 1, t.match_k)),
-                                   shape=(len(pts), len(prev.probs)))
-                acc += votes @ prev.probs
+                cols = np.where(hit, idx, 0)
+                # the k votes summed in neighbour order, in float32 (as a sparse row-times-matrix product does)
+                votes = weights[:, :1] * prev.probs[cols[:, 0]]
+                for j in range(1, t.match_k):
+                    votes += weights[:, j:j + 1] * prev.probs[cols[:, j]]
+                acc += votes
         labels, probs = _finalize(_Output(acc, np.arange(len(acc)), 0.0), None, frame.input_labels, frame.ground,
                                   self._run.flat_mask)
         if t.history > 0:

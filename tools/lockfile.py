@@ -6,8 +6,12 @@
 
 `make lock` runs ``write`` in a scratch venv that pip resolved from requirements.in alone; `make` installs
 requirements.txt with --no-deps, so a fresh machine gets exactly the locked set; `make test` runs ``check`` first.
-Only the interpreter's own installers (pip, wheel) and the project itself are left out of the lock; setuptools is
-locked: torch and colcon-core bound its version (the venv's bundled copy is too old).
+It writes the runtime lock the same way: requirements-runtime.in (what the node needs to run an exported model)
+resolved with requirements.txt as constraints -> requirements-runtime.txt, a subset of the full lock, pin for pin.
+Only the interpreter's own installers (pip, wheel) and the project itself are left out of the lock (setuptools is
+in: torch and colcon-core bound its version, and a fresh venv's bundled copy is too old),
+and so are distributions whose metadata another wheel installed (the ROS wheels carry their packages' egg-info):
+pip cannot install those by name, they come with their wheel.
 """
 
 from __future__ import annotations
@@ -26,12 +30,31 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _metadata_dir(dist: metadata.Distribution) -> str:
+    path = getattr(dist, "_path", None)  # PathDistribution: its .dist-info / .egg-info directory
+    return Path(path).name if path is not None else ""
+
+
+def embedded() -> set[str]:
+    """Metadata directories (``rclpy-9.1.2-py3.11.egg-info``) that another distribution's RECORD lists."""
+    owned = set()
+    for dist in metadata.distributions():
+        own = _metadata_dir(dist)
+        for file in dist.files or ():
+            top = file.parts[0] if file.parts else ""
+            if top != own and top.endswith((".egg-info", ".dist-info")):
+                owned.add(top)
+    return owned
+
+
 def installed() -> dict[str, tuple[str, str]]:
-    """{normalised name: (name as distributed, version)} of the running interpreter's environment."""
+    """{normalised name: (name as distributed, version)} of the running interpreter's environment, without the
+    distributions that came inside another one's wheel."""
     found = {}
+    inside_other = embedded()
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if name and normalise(name) not in NOT_LOCKED:
+        if name and normalise(name) not in NOT_LOCKED and _metadata_dir(dist) not in inside_other:
             found[normalise(name)] = (name, dist.version)
     return found
 
@@ -50,9 +73,17 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def write(top_level: Path) -> None:
-    print(f"# The full lock: every package the project's venv installs, resolved by pip from {top_level.name}.")
-    print("# Regenerate with `make lock` (never edit by hand); `make` installs it with --no-deps.")
-    print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}, CPU build of torch.")
+    if "runtime" in top_level.stem:
+        print(f"# The runtime lock: every package the node needs to run an exported model, resolved by pip from "
+              f"{top_level.name}")
+        print("# with requirements.txt as constraints (a subset of the full lock, pin for pin).")
+        print("# Regenerate with `make lock` (never edit by hand); install it with --no-deps (docs/performance.md).")
+        print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}.")
+    else:
+        print(f"# The full lock: every package the project's venv installs, resolved by pip from {top_level.name}.")
+        print("# Regenerate with `make lock` (never edit by hand); `make` installs it with --no-deps.")
+        print(f"# Resolved for CPython {platform.python_version()} on {sys.platform}-{platform.machine()}, "
+              "CPU build of torch.")
     for _, (name, version) in sorted(installed().items()):
         print(f"{name}=={version}")
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.ndimage import minimum_filter
 
 from .transforms import apply
 
@@ -73,6 +72,15 @@ def project_points(points: np.ndarray, lidar_to_camera: np.ndarray, intrinsics: 
     return CameraProjection(idx[inside], np.stack([u[inside], v[inside]], 1), depth[idx[inside]].astype(np.float32))
 
 
+def min_filter_3x3(grid: np.ndarray) -> np.ndarray:
+    """Minimum over each cell's 3x3 neighbourhood, cells outside the grid counting as +inf (what
+    ``scipy.ndimage.minimum_filter(grid, size=3, mode="constant", cval=np.inf)`` gives; numpy, so the node's
+    overlays do not need scipy).  Separable: rows, then columns; exact, as a minimum is."""
+    padded = np.pad(grid, 1, constant_values=np.inf)
+    rows = np.minimum(np.minimum(padded[:-2], padded[1:-1]), padded[2:])
+    return np.minimum(np.minimum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
 def occluded_mask(proj: CameraProjection, width: int, height: int, radius_px: float,
                   rel_tol: float, abs_tol: float) -> np.ndarray:
     """(M,) bool: the point has a clearly nearer neighbour within ~radius_px in the image (z-buffer test).
@@ -88,7 +96,7 @@ def occluded_mask(proj: CameraProjection, width: int, height: int, radius_px: fl
     grid_h, grid_w = int(np.ceil(height / cell)) + 1, int(np.ceil(width / cell)) + 1
     zbuf = np.full((grid_h, grid_w), np.inf, dtype=np.float32)
     np.minimum.at(zbuf, (rows, cols), proj.depth)
-    nearest = minimum_filter(zbuf, size=3, mode="constant", cval=np.inf)[rows, cols]
+    nearest = min_filter_3x3(zbuf)[rows, cols]
     return proj.depth > nearest * (1.0 + rel_tol) + abs_tol
 
 

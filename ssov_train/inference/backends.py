@@ -4,13 +4,16 @@ A backend is chosen by name; every backend returns the same per-voxel outputs fo
 export parity tests hold them to that).  Names map to ``module:attribute`` factories imported on first use, so
 ``ssov_train`` never imports onnxruntime or TensorRT unless asked to:
 
-==============  ==========================================  ======================================
-name            factory                                     model file
-==============  ==========================================  ======================================
-torch           ssov_train.inference.backends:TorchBackend  ``*.pt`` ssov-checkpoint
+==============  ===============================================  =======================================
+name            factory                                          model file
+==============  ===============================================  =======================================
+torch           ssov_train.inference.torch_backend:TorchBackend  ``*.pt`` ssov-checkpoint
 onnxruntime     ssov_export.onnx_backend:OnnxRuntimeBackend      exported model package (ONNX + sidecar)
 tensorrt        ssov_export.tensorrt_backend:TensorRTBackend     exported model package (engine cache)
-==============  ==========================================  ======================================
+==============  ===============================================  =======================================
+
+The runtime (an exported package on onnxruntime / TensorRT) therefore needs neither torch nor the training
+stack: only the ``torch`` backend imports them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..errors import ConfigError, DataError
 from .spec import ModelSpec
 
 _FACTORIES: dict[str, str | Callable[..., "Backend"]] = {
-    "torch": "ssov_train.inference.backends:TorchBackend",
+    "torch": "ssov_train.inference.torch_backend:TorchBackend",
     "onnxruntime": "ssov_export.onnx_backend:OnnxRuntimeBackend",
     "tensorrt": "ssov_export.tensorrt_backend:TensorRTBackend",
 }
@@ -37,6 +40,9 @@ class Backend(ABC):
 
     name: str = "?"
     spec: ModelSpec
+    # feature models: the text embeddings the model file names (an embedding table or a teacher-output directory,
+    # what :meth:`~ssov_train.openvocab.query.EmbeddingTable.load` reads), for text queries; None when it names none
+    text_embeddings: Optional[Path] = None
     # stages a backend times inside run() besides the network (export's kernel maps); replaced, never mutated
     last_timings_ms: dict[str, float] = {}
 
@@ -71,7 +77,9 @@ def _factory(name: str) -> Callable[..., Backend]:
         try:
             factory = getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            raise ConfigError(f"inference backend {name!r} is not available here: {exc}") from exc
+            hint = (" (a slim runtime runs exported model packages: `ssov-export onnx --checkpoint ...` where torch "
+                    "is installed)" if name == "torch" else "")
+            raise ConfigError(f"inference backend {name!r} is not available here: {exc}{hint}") from exc
     return factory
 
 
@@ -87,38 +95,3 @@ def open_backend(path: str | Path, backend: str = "auto", **options) -> Backend:
         raise DataError(f"model file not found: {path}")
     name = default_backend(path) if backend == "auto" else backend
     return _factory(name)(path, **options)
-
-
-class TorchBackend(Backend):
-    """The training model itself (spconv, CPU or CUDA) loaded from an ``ssov-checkpoint``."""
-
-    name = "torch"
-
-    def __init__(self, path: str | Path, device: str = "cpu", threads: Optional[int] = None):
-        import torch
-
-        from ..training.checkpoint import load_model
-
-        model, ckpt = load_model(path)
-        self.spec = ModelSpec.from_checkpoint(ckpt, str(path))
-        self.path = Path(path)
-        if threads:
-            torch.set_num_threads(int(threads))
-        if device != "cpu" and not torch.cuda.is_available():
-            raise ConfigError(f"torch backend: device {device!r} requested but CUDA is not available")
-        self.device = torch.device(device)
-        self.model = model
-        self.model.to(self.device).eval()
-
-    def run(self, features: np.ndarray, coords: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
-        import torch
-
-        f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-        c = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int32)).to(self.device)
-        b = torch.zeros(len(c), dtype=torch.int32, device=self.device)
-        with torch.inference_mode():
-            out = self.model(f, c, b, list(spatial_shape), 1)
-        return out.float().cpu().numpy()
-
-    def describe(self) -> str:
-        return f"torch ({self.device}, {self.path.name})"

@@ -1,6 +1,6 @@
 """Two-stage pipelining of :class:`Segmenter`: the network of frame t+1 runs while AFI refines frame t.
 
-On a CPU the network (onnxruntime) and AFI (numpy / scipy) both release the GIL, so the two halves of
+On a CPU the network (onnxruntime) and AFI (numpy / numba kernels) both release the GIL, so the two halves of
 :meth:`Segmenter.segment` overlap on two cores: throughput is bounded by the slower half instead of their sum
 (README "ROS 2 node" has the figures).  Results are those of :meth:`Segmenter.segment` frame by frame: frames are
 refined in submission order (streaming AFI needs it) and the caller's thread alone runs :meth:`Segmenter.infer`.

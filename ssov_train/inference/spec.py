@@ -8,10 +8,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import ConfigError
+from ..features import INPUT_FEATURES, network_input
 from ..geometry.voxelize import VoxelConfig
-from ..training.data import point_features
-
-INPUT_FIELDS = ("intensity", "intensity+1")
 
 
 @dataclass(frozen=True)
@@ -39,8 +37,8 @@ class ModelSpec:
         if self.has_classes and len(self.class_names) != len(self.palette):
             raise ConfigError(f"model has {len(self.class_names)} classes but {len(self.palette)} palette colours")
         for name in self.input_fields:
-            if name not in INPUT_FIELDS:
-                raise ConfigError(f"model input field {name!r} is not one of {INPUT_FIELDS}")
+            if name not in INPUT_FEATURES:
+                raise ConfigError(f"model input field {name!r} is not one of {INPUT_FEATURES}")
         if self.has_classes and int(self.model.get("out_channels", -1)) != len(self.class_names):
             raise ConfigError(f"model outputs {self.model.get('out_channels')} channels for "
                               f"{len(self.class_names)} classes")
@@ -60,7 +58,7 @@ class ModelSpec:
 
     def point_features(self, intensity: np.ndarray) -> np.ndarray:
         """(N, in_channels) float32 network input from per-point intensity, exactly as training computed it."""
-        return np.concatenate([point_features(intensity, name) for name in self.input_fields], axis=1)
+        return network_input(intensity, self.input_fields)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "ModelSpec":

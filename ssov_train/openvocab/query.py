@@ -304,10 +304,19 @@ def load_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, :3], intensity
 
 
-def text_provider(model_path: Path, embeddings: Optional[Path] = None, text_encoder: Optional[Path] = None
+def checkpoint_teacher(ckpt: dict) -> Optional[Path]:
+    """The teacher-output directory a feature model's checkpoint records (its prompt embeddings are the model's
+    text space), if it is still on disk; else None."""
+    root = (ckpt.get("text_embeddings") or {}).get("root")
+    return Path(root) if root and (Path(root) / "teacher.json").is_file() else None
+
+
+def text_provider(model, embeddings: Optional[Path] = None, text_encoder: Optional[Path] = None
                   ) -> Optional[TextEmbeddingProvider]:
-    """The provider a query of a feature model uses: an explicit table or text-encoder config, else the prompt
-    embeddings of the teacher the model was pre-trained with (recorded in its checkpoint), if still on disk."""
+    """The provider a query of a feature model uses: an explicit table or text-encoder config, else the text
+    embeddings the model file carries: an exported package's table (numpy only), or the prompt embeddings of the
+    teacher a checkpoint was pre-trained with, if still on disk.  ``model``: an open
+    :class:`~ssov_train.inference.Backend`, or a model file path (opened here)."""
     if embeddings is not None:
         return EmbeddingTable.load(embeddings)
     if text_encoder is not None:
@@ -322,14 +331,15 @@ def text_provider(model_path: Path, embeddings: Optional[Path] = None, text_enco
             raise ConfigError(f"text encoder config {text_encoder}: {e}") from None
         section = data.get("teacher", {}).get("openclip", data) if isinstance(data.get("teacher"), dict) else data
         return OpenClipTextEncoder(from_dict(OpenClipConfig, section, str(text_encoder)))
-    if Path(model_path).suffix == ".pt":
-        from ..training.checkpoint import load_checkpoint
+    if isinstance(model, (str, Path)):
+        from ..inference import open_backend
 
-        meta = load_checkpoint(model_path).get("text_embeddings") or {}
-        root = meta.get("root")
-        if root and (Path(root) / "teacher.json").is_file():
-            return EmbeddingTable.from_teacher(root)
-    return None
+        backend = open_backend(model)
+        source = backend.text_embeddings
+        backend.close()
+    else:
+        source = model.text_embeddings
+    return None if source is None else EmbeddingTable.load(source)
 
 
 def run_query(model: Path, text: str, xyz: np.ndarray, intensity: np.ndarray, out_dir: Path,
@@ -343,7 +353,7 @@ def run_query(model: Path, text: str, xyz: np.ndarray, intensity: np.ndarray, ou
     segmenter = Segmenter(open_backend(model, backend))
     provider = None
     if not segmenter.spec.has_classes:
-        provider = text_provider(model, embeddings, text_encoder)
+        provider = text_provider(segmenter.backend, embeddings, text_encoder)
     result = query_points(segmenter, xyz, text, intensity=intensity, provider=provider)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,19 +23,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
+from ..features import InputFeature, point_features
 from ..geometry.voxelize import VoxelConfig, voxelize
 from ..losses import TMPBatch, batch_superpoints
 from ..superpoints import SuperpointSample, load_superpoints, read_manifest, sample_path
 
 LabelSource = Literal["pseudo", "gt", "superpoints"]
-# Input feature per point.  "intensity+1" is the reference's SemanticKITTI input (reflectance in [0, 1], plus 1).
-InputFeature = Literal["intensity", "intensity+1"]
-
-
-def point_features(intensity: np.ndarray, feature: InputFeature) -> np.ndarray:
-    """(N, 1) float32 network input of a scan; the node and export must compute it the same way."""
-    x = np.asarray(intensity, dtype=np.float32).reshape(-1, 1)
-    return x + 1.0 if feature == "intensity+1" else x
 
 
 @dataclass(frozen=True)

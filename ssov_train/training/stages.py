@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..config import to_dict
 from ..data import DatasetConfig, open_dataset
 from ..errors import ConfigError, DataError
+from ..features import InputFeature
 from ..geometry.voxelize import VoxelConfig
 from ..inference.segmenter import IGNORE_LOGIT
 from ..losses import SegmentationLoss, TMPLoss
@@ -29,8 +30,8 @@ from ..models import MinkUNet, MinkUNetConfig
 from ..pipeline import TeacherConfig
 from ..vocab import ClassDictionary, load_dictionary
 from .checkpoint import check_expected, load_checkpoint, load_model
-from .data import (AugmentConfig, InputFeature, ScanDataset, VoxelBatch, collate_scans, hold_out_scenes,
-                   skip_tokens, superpoint_tokens)
+from .data import (AugmentConfig, ScanDataset, VoxelBatch, collate_scans, hold_out_scenes, skip_tokens,
+                   superpoint_tokens)
 
 Stage = Literal["pretrain", "annotation_free", "downstream"]
 HEAD_PREFIX = "final."  # the 1x1 classifier / projection head of MinkUNet

@@ -10,8 +10,7 @@ import pytest
 from ssov_train.data import Frame
 from ssov_train.geometry.voxelize import VoxelConfig, voxelize
 from ssov_train.superpoints import load_superpoints, sample_path
-from ssov_train.training.data import (AugmentConfig, ScanDataset, augment_points, collate_scans, point_features,
-                                      skip_tokens)
+from ssov_train.training.data import AugmentConfig, ScanDataset, augment_points, collate_scans, skip_tokens
 
 VOXEL = VoxelConfig()
 
@@ -124,11 +123,6 @@ def test_skip_step_keeps_every_kth_scene_or_scan():
     assert skip_tokens(tokens, 4, None, "semantickitti") == tokens[::4]
     with pytest.raises(Exception, match="dataset_skip_step"):
         skip_tokens(tokens, 0, reader)
-
-
-def test_point_features():
-    assert point_features(np.array([0.5, 1.0]), "intensity").tolist() == [[0.5], [1.0]]
-    assert point_features(np.array([0.5, 1.0]), "intensity+1").tolist() == [[1.5], [2.0]]
 
 
 def test_drop_cuboid_removes_a_box_and_respects_camera_pairings():
