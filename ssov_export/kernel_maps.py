@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssov_train.errors import DataError
+from ssov_train.jit import jit
 
 NUM_LEVELS = 5  # input resolution + 4 stride-2 levels of the MinkUNet
 SUBM_OFFSETS = np.array([(a - 1, b - 1, c - 1) for a in range(3) for b in range(3) for c in range(3)], np.int64)
@@ -138,7 +139,7 @@ def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
     """Row cuts of non-increasing ``degree`` into ``num_bands`` (2 or 3) contiguous bands minimising the padded
     table size sum(rows_g * max_degree_g); cuts are searched exhaustively at degree changes (at most 27)."""
     n = len(degree)
-    starts = np.concatenate([[0], np.flatnonzero(degree[1:] != degree[:-1]) + 1])
+    starts = _degree_starts(degree)
     if num_bands == 1 or len(starts) <= 1:
         return [n] * (num_bands - 1)
     heights = np.maximum(degree[starts], 1).astype(np.int64)
@@ -156,6 +157,241 @@ def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
     return [int(starts[i[best]]), int(starts[j[best]])]
 
 
+# ---- compiled kernels (numba, one thread; see ssov_train/jit.py). Every loop below visits pairs in the order
+# the rulebook format defines (by kernel index, then by the order the pairs were found), so the maps are a
+# pure function of the coords.
+
+@jit
+def _degree_starts(degree):
+    """Rows where a non-increasing degree sequence changes (row 0 included)."""
+    n = len(degree)
+    starts = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if i == 0 or degree[i] != degree[i - 1]:
+            starts[m] = i
+            m += 1
+    return starts[:m]
+
+
+@jit
+def _subm_pairs_sorted(keys, row_stride, col_stride):
+    """(input, output, kernel index) of every non-centre 3^3 neighbour pair of strictly increasing ``keys``,
+    as positions in ``keys``, grouped by kernel index.
+
+    Only the 13 offsets before the centre are searched: a pair found at offset k is also the pair of the
+    mirrored offset 26 - k with input and output swapped. The keys of (c0 + d0, c1 + d1, c2 - 1 .. c2 + 1) are
+    three consecutive integers that only grow with the row, so one merge pointer per (d0, d1) column finds all
+    three in O(V) (no search); the (0, 0, -1) neighbour is the previous key. Within a kernel index, pairs come
+    by increasing output position (k < 13) or increasing input position (k > 13)."""
+    n = len(keys)
+    padded = np.empty(n + 3, np.int64)  # sentinels past the end: no bounds test in the loops
+    padded[:n] = keys
+    padded[n:] = np.iinfo(np.int64).max
+    nbr = np.empty((13, n), np.int64)  # sorted position of the neighbour at offset k < 13, or -1
+    counts = np.zeros(27, np.int64)
+    for col in range(4):
+        d0 = -1 if col < 3 else 0
+        d1 = col - 1 if col < 3 else -1
+        shift = d0 * row_stride + d1 * col_stride - 1
+        k0 = 9 * (d0 + 1) + 3 * (d1 + 1)
+        p = 0
+        for i in range(n):
+            lo = keys[i] + shift
+            while padded[p] < lo:
+                p += 1
+            q = p  # padded[q] >= lo + d2 at every step (strictly increasing keys); branch-free selects
+            for d2 in range(3):
+                hit = padded[q] == lo + d2
+                nbr[k0 + d2, i] = q if hit else -1
+                q += hit
+    for i in range(n):
+        nbr[12, i] = i - 1 if i > 0 and keys[i - 1] == keys[i] - 1 else -1
+    for k in range(13):
+        c = 0
+        for i in range(n):
+            c += nbr[k, i] >= 0
+        counts[k] = c
+        counts[26 - k] = c
+    total = 0
+    for k in range(27):
+        total += counts[k]
+    # groups are written in kernel order, each pair at the group's cursor, the cursor moving on a hit only: a
+    # miss writes one slot past the group, which the next group (or the spare last slot) overwrites
+    ins = np.empty(total + 1, np.int64)
+    outs = np.empty(total + 1, np.int64)
+    kernels = np.empty(total + 1, np.uint8)
+    at = 0
+    for k in range(13):
+        for i in range(n):
+            j = nbr[k, i]
+            ins[at] = j
+            outs[at] = i
+            at += j >= 0
+        kernels[at - counts[k]:at] = k
+    for k in range(14, 27):
+        row = nbr[26 - k]
+        for i in range(n):
+            j = row[i]
+            ins[at] = i
+            outs[at] = j
+            at += j >= 0
+        kernels[at - counts[k]:at] = k
+    return ins[:total], outs[:total], kernels[:total]
+
+
+@jit
+def _degree_order(outs, num_rows):
+    """Rows by decreasing pair count (a stable counting sort): (order, rank, degree in row order)."""
+    degree = np.zeros(num_rows, np.int64)
+    for o in outs:
+        degree[o] += 1
+    top = 0
+    for d in degree:
+        top = max(top, d)
+    bucket = np.zeros(top + 2, np.int64)
+    for d in degree:
+        bucket[top - d + 1] += 1
+    for b in range(1, top + 2):
+        bucket[b] += bucket[b - 1]
+    order = np.empty(num_rows, np.int64)
+    rank = np.empty(num_rows, np.int64)
+    for r in range(num_rows):
+        at = bucket[top - degree[r]]
+        bucket[top - degree[r]] = at + 1
+        order[at] = r
+        rank[r] = at
+    sorted_degree = np.empty(num_rows, np.int64)
+    for i in range(num_rows):
+        sorted_degree[i] = degree[order[i]]
+    return order, rank, sorted_degree
+
+
+@jit
+def _group_pairs(in_rows, out_rows, kernel, kernel_volume, chunk):
+    """Pairs grouped by kernel index (stable) and placed in chunks: (slot of every grouped pair, grouped
+    in/out rows, counts per kernel, chunks per kernel)."""
+    n = len(in_rows)
+    counts = np.zeros(kernel_volume, np.int64)
+    for k in kernel:
+        counts[k] += 1
+    chunks_per_kernel = np.empty(kernel_volume, np.int64)
+    n_chunks = 0
+    for k in range(kernel_volume):
+        chunks_per_kernel[k] = (counts[k] + chunk - 1) // chunk
+        n_chunks += chunks_per_kernel[k]
+    if n_chunks * chunk == n:  # no padded slot left: add a chunk, its (zero-input) messages are the padding target
+        chunks_per_kernel[kernel_volume - 1] += 1
+    first_pair = np.empty(kernel_volume, np.int64)
+    first_slot = np.empty(kernel_volume, np.int64)
+    pair_total = 0
+    slot_total = 0
+    for k in range(kernel_volume):
+        first_pair[k] = pair_total
+        first_slot[k] = slot_total
+        pair_total += counts[k]
+        slot_total += chunks_per_kernel[k] * chunk
+    grouped_in = np.empty(n, np.int64)
+    grouped_out = np.empty(n, np.int64)
+    slot = np.empty(n, np.int64)
+    fill = first_pair.copy()
+    for p in range(n):
+        k = kernel[p]
+        g = fill[k]
+        fill[k] = g + 1
+        grouped_in[g] = in_rows[p]
+        grouped_out[g] = out_rows[p]
+        slot[g] = first_slot[k] + g - first_pair[k]
+    return slot, grouped_in, grouped_out, counts, chunks_per_kernel
+
+
+@jit
+def _place(slot, grouped_in, grouped_out, chunks_per_kernel, chunk, num_in):
+    """in_chunks (flat), chunk_kernel, slot_out and the first padded slot."""
+    n_chunks = 0
+    for c in chunks_per_kernel:
+        n_chunks += c
+    in_chunks = np.full(n_chunks * chunk, num_in, np.int32)
+    slot_out = np.zeros(n_chunks * chunk, np.int32)
+    for g in range(len(slot)):
+        in_chunks[slot[g]] = grouped_in[g]
+        slot_out[slot[g]] = grouped_out[g]
+    chunk_kernel = np.empty(n_chunks, np.int32)
+    c = 0
+    for k in range(len(chunks_per_kernel)):
+        for _ in range(chunks_per_kernel[k]):
+            chunk_kernel[c] = k
+            c += 1
+    zero_slot = 0
+    while in_chunks[zero_slot] != num_in:
+        zero_slot += 1
+    return in_chunks, chunk_kernel, slot_out, zero_slot
+
+
+@jit
+def _pair_ranks(grouped_out, num_out):
+    """Rank of every (grouped) pair among its output row's pairs, and the pair count of every output row."""
+    rank = np.empty(len(grouped_out), np.int64)
+    per_out = np.zeros(num_out, np.int64)
+    for g in range(len(grouped_out)):
+        o = grouped_out[g]
+        rank[g] = per_out[o]
+        per_out[o] += 1
+    return rank, per_out
+
+
+@jit
+def _fill_table(table, lo, slot, grouped_out, rank):
+    """Write the slots of the pairs whose output row lies in [lo, lo + table width) into a band table."""
+    hi = lo + table.shape[1]
+    for g in range(len(slot)):
+        o = grouped_out[g]
+        if lo <= o < hi:
+            table[rank[g], o - lo] = slot[g]
+
+
+@jit
+def _downsample_keys(coords):
+    """Parent cells of a level (``coords // 2``), packed: (keys, parent coords, kernel index in the 2^3 cell)."""
+    n = len(coords)
+    parent = np.empty((n, 3), np.int64)
+    kernel = np.empty(n, np.int64)
+    top = np.zeros(3, np.int64)
+    for i in range(n):
+        for a in range(3):
+            v = coords[i, a] // 2
+            parent[i, a] = v
+            top[a] = max(top[a], v)
+        kernel[i] = (coords[i, 0] - 2 * parent[i, 0]) * 4 + (coords[i, 1] - 2 * parent[i, 1]) * 2 + (
+            coords[i, 2] - 2 * parent[i, 2])
+    d1 = top[1] + 3
+    d2 = top[2] + 3
+    keys = np.empty(n, np.int64)
+    for i in range(n):
+        keys[i] = ((parent[i, 0] + 1) * d1 + parent[i, 1] + 1) * d2 + parent[i, 2] + 1
+    return keys, parent, kernel
+
+
+@jit
+def _unique_sorted(keys, order, parent):
+    """np.unique(keys, return_inverse=True) given an argsort ``order``: (coarse coords by key, inverse)."""
+    n = len(keys)
+    inverse = np.empty(n, np.int64)
+    coarse = np.empty((n, 3), np.int64)
+    m = -1
+    last = np.int64(-1)
+    for t in range(n):
+        i = order[t]
+        if t == 0 or keys[i] != last:
+            m += 1
+            last = keys[i]
+            coarse[m, 0] = parent[i, 0]
+            coarse[m, 1] = parent[i, 1]
+            coarse[m, 2] = parent[i, 2]
+        inverse[i] = m
+    return coarse[:m + 1].copy(), inverse
+
+
 def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num_in: int, num_out: int,
               kernel_volume: int, chunk: int | None, num_bands: int = 1, with_tables: bool = True) -> Rulebook:
     """Pack pairs (input row -> output row via kernel index; an output has at most one pair per kernel index)
@@ -163,103 +399,43 @@ def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num
     ``slot_out`` only).  With ``num_bands`` > 1 the output rows must come sorted by decreasing pair count (see
     :func:`_band_cuts`)."""
     n = len(in_rows)
-    kernel = kernel.astype(np.uint8)
-    if n and np.any(kernel[1:] < kernel[:-1]):  # group by kernel (radix sort of a uint8 key)
-        order = np.argsort(kernel, kind="stable")
-        in_rows, out_rows, kernel = in_rows[order], out_rows[order], kernel[order]
     b = chunk or _chunk_size(n, kernel_volume)
-    counts = np.bincount(kernel, minlength=kernel_volume)
-    chunks_per_kernel = -(-counts // b)
-    n_chunks = int(chunks_per_kernel.sum())
-    if n_chunks * b == n:  # no padded slot left: add a chunk, its (zero-input) messages are the padding target
-        chunks_per_kernel[-1] += 1
-        n_chunks += 1
-    # slot of every pair: its kernel's first chunk * b + rank within the kernel
-    first_pair = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    first_slot = np.concatenate([[0], np.cumsum(chunks_per_kernel)[:-1]]) * b
-    slot = (first_slot - first_pair)[kernel] + np.arange(n)
-    in_chunks = np.full(n_chunks * b, num_in, INDEX_DTYPE)
-    in_chunks[slot] = in_rows
-    zero_slot = int(np.flatnonzero(in_chunks == num_in)[0])  # a padded slot: its message is exactly zero
-    chunk_kernel = np.repeat(np.arange(kernel_volume, dtype=INDEX_DTYPE), chunks_per_kernel)
-    slot_out = np.zeros(n_chunks * b, INDEX_DTYPE)
-    slot_out[slot] = out_rows
+    slot, g_in, g_out, _, chunks_per_kernel = _group_pairs(in_rows, out_rows, kernel, kernel_volume, b)
+    in_chunks, chunk_kernel, slot_out, zero_slot = _place(slot, g_in, g_out, chunks_per_kernel, b, num_in)
+    n_chunks = len(chunk_kernel)
     if not with_tables:
         return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, [], n, slot_out)
-    # rank of every pair among its output's pairs: one pass per kernel index (at most one pair per output each)
-    rank = np.empty(n, np.int64)
-    per_out = np.zeros(num_out, np.int64)
-    for k in np.flatnonzero(counts):
-        lo, hi = first_pair[k], first_pair[k] + counts[k]
-        outs = out_rows[lo:hi]
-        rank[lo:hi] = per_out[outs]
-        per_out[outs] += 1
-    width = max(1, int(per_out.max()) if n else 1)
-    full = np.full((width, num_out), zero_slot, INDEX_DTYPE)
-    full[rank, out_rows] = slot
+    rank, per_out = _pair_ranks(g_out, num_out)
     bounds = [0, *_band_cuts(per_out, num_bands), num_out] if num_bands > 1 else [0, num_out]
-    tables = [np.ascontiguousarray(full[:max(1, int(per_out[lo:hi].max()) if hi > lo else 1), lo:hi])
-              for lo, hi in zip(bounds[:-1], bounds[1:])]
+    tables = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        height = max(1, int(per_out[lo:hi].max()) if hi > lo else 1)
+        table = np.full((height, hi - lo), zero_slot, INDEX_DTYPE)
+        _fill_table(table, lo, slot, g_out, rank)
+        tables.append(table)
     return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, tables, n, slot_out)
 
 
 def _subm_pairs(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input row, output row, kernel index) of every non-centre neighbour pair of a 3^3 submanifold conv,
-    grouped by kernel index.
-
-    Only the 13 offsets before the centre are searched: a pair found at offset k is also the pair of the
-    mirrored offset 26 - k with input and output swapped.  Keys of (c0 + d0, c1 + d1, c2 - 1 .. c2 + 1) are
-    three consecutive integers, so one ``searchsorted`` per (d0, d1) column finds all three (a window of three
-    sorted keys); the (0, 0, -1) neighbour is simply the previous sorted key."""
+    grouped by kernel index (see :func:`_subm_pairs_sorted`)."""
     dims = coords.max(0).astype(np.int64) + 3
     keys = _pack(coords, dims)
     if np.all(keys[1:] > keys[:-1]):  # the voxelizer and _downsample give key-sorted rows
-        order, sorted_keys = None, keys
-    else:
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        if np.any(sorted_keys[1:] == sorted_keys[:-1]):
-            raise DataError("kernel maps: coords contain duplicate voxels (use the voxelizer's output)")
-    n = len(sorted_keys)
-    padded = np.concatenate([sorted_keys, np.full(3, -1, np.int64)])  # a window may run past the end
-    positions = np.arange(n)
-    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> (output sorted positions, input sorted positions)
-    for d0, d1 in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):
-        base = sorted_keys + (d0 * dims[1] + d1) * dims[2]
-        start = np.searchsorted(sorted_keys, base - 1)
-        window = [padded[start], padded[start + 1], padded[start + 2]]
-        for d2 in (-1, 0, 1):
-            target = base + d2
-            at = [w == target for w in window]
-            hit = at[0] | at[1] | at[2]
-            offset = at[1].astype(np.int64) + 2 * at[2]
-            found[9 * (d0 + 1) + 3 * (d1 + 1) + (d2 + 1)] = (positions[hit], (start + offset)[hit])
-    prev = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1] + 1)  # (0, 0, -1): the previous key
-    found[12] = (prev + 1, prev)
-    ins, outs, kernels = [], [], []
-    for k in range(27):
-        if k == SUBM_CENTER:
-            continue
-        out_pos, in_pos = found[k] if k < SUBM_CENTER else found[26 - k][::-1]
-        ins.append(in_pos)
-        outs.append(out_pos)
-        kernels.append(np.full(len(in_pos), k, np.uint8))
-    ins, outs = np.concatenate(ins), np.concatenate(outs)
-    if order is not None:
-        ins, outs = order[ins], order[outs]
-    return ins, outs, np.concatenate(kernels)
+        return _subm_pairs_sorted(keys, dims[1] * dims[2], dims[2])
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):
+        raise DataError("kernel maps: coords contain duplicate voxels (use the voxelizer's output)")
+    ins, outs, kernels = _subm_pairs_sorted(sorted_keys, dims[1] * dims[2], dims[2])
+    return order[ins], order[outs], kernels
 
 
 def _downsample(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coarse sites (sorted by key), parent row of every fine site, and its kernel index in the 2^3 cell."""
-    parent = coords // 2
-    dims = parent.max(0).astype(np.int64) + 3
-    coarse_keys, inverse = np.unique(_pack(parent, dims), return_inverse=True)
-    coarse = np.empty((len(coarse_keys), 3), np.int64)
-    coarse[inverse.reshape(-1)] = parent
-    cell = coords - 2 * parent
-    kernel = (cell[:, 0] * 4 + cell[:, 1] * 2 + cell[:, 2]).astype(np.int64)
-    return coarse, inverse.reshape(-1).astype(np.int64), kernel
+    keys, parent, kernel = _downsample_keys(coords)
+    coarse, inverse = _unique_sorted(keys, np.argsort(keys), parent)
+    return coarse, inverse, kernel
 
 
 def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
@@ -288,10 +464,7 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
     for lv in range(NUM_LEVELS):
         ins, outs, ks = _subm_pairs(level)
         if portable:
-            degree = np.bincount(outs, minlength=len(level)).astype(np.uint8)
-            order = np.argsort(np.uint8(255) - degree, kind="stable")
-            rank = np.empty(len(level), np.int64)
-            rank[order] = np.arange(len(level))
+            order, rank, _ = _degree_order(outs, len(level))
             level, ins, outs = level[order], rank[ins], rank[outs]
         else:
             order = rank = np.arange(len(level))
