@@ -2,8 +2,10 @@
 preprocessing, used by every backend that runs the exported graph (onnxruntime, TensorRT) and by the export
 itself.
 
-Sites of one level are packed into int64 keys (sorted once); neighbours are found with ``np.searchsorted``
-(4 searches per level, see :func:`_subm_pairs`).
+Sites of one level are packed into int64 keys (sorted once); neighbours are found by four merge passes over
+the sorted keys (:func:`_subm_pairs_sorted`).  Every kernel is compiled with numba (ssov_train/jit.py: cached,
+one thread, GIL released): a nuScenes sweep's maps take a few ms; tests/export/test_kernel_maps_compiled.py
+keeps the former numpy implementation as the reference the output must equal array for array.
 Level 0 holds the voxelizer's voxels; level l+1 is the set of cells ``coords_l // 2`` (spconv's 2^3 stride-2
 conv with a grid aligned to 16, see geometry/voxelize.py).  Row orders are this module's choice (below); the
 graph returns logits in the voxelizer's order.
@@ -41,6 +43,7 @@ Two **flavours** of the same rulebooks feed the two graphs of a package (ssov_ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,16 +126,30 @@ def input_names(flavour: str = "portable") -> list[str]:
     return names
 
 
-def _pack(coords: np.ndarray, dims: np.ndarray) -> np.ndarray:
-    """int64 keys of non-negative (V, 3) coords within ``dims`` (each axis has room for a -1 / +1 margin)."""
-    c = coords.astype(np.int64) + 1
-    return (c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2]
+@jit
+def _pack(coords):
+    """int64 keys of non-negative (V, 3) coords (each axis has room for a -1 / +1 margin): (keys, row stride,
+    column stride, whether the keys are strictly increasing)."""
+    n = len(coords)
+    top1 = top2 = 0
+    for i in range(n):
+        top1 = max(top1, coords[i, 1])
+        top2 = max(top2, coords[i, 2])
+    d1 = np.int64(top1) + 3
+    d2 = np.int64(top2) + 3
+    keys = np.empty(n, np.int64)
+    increasing = True
+    for i in range(n):
+        keys[i] = ((np.int64(coords[i, 0]) + 1) * d1 + coords[i, 1] + 1) * d2 + coords[i, 2] + 1
+        if i > 0 and keys[i] <= keys[i - 1]:
+            increasing = False
+    return keys, d1 * d2, d2, increasing
 
 
 def _chunk_size(num_pairs: int, kernel_volume: int) -> int:
     """Chunk length: large enough for efficient MatMuls, small enough that per-kernel padding stays minor."""
     target = max(1, num_pairs // (4 * kernel_volume))  # mean padding ~ B/2 per kernel index: ~1/8 of the pairs
-    return int(np.clip(1 << int(np.round(np.log2(target))), MIN_CHUNK, MAX_CHUNK))
+    return min(max(1 << round(math.log2(target)), MIN_CHUNK), MAX_CHUNK)
 
 
 def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
@@ -188,56 +205,60 @@ def _subm_pairs_sorted(keys, row_stride, col_stride):
     padded = np.empty(n + 3, np.int64)  # sentinels past the end: no bounds test in the loops
     padded[:n] = keys
     padded[n:] = np.iinfo(np.int64).max
-    nbr = np.empty((13, n), np.int64)  # sorted position of the neighbour at offset k < 13, or -1
+    # hits of offset k < 13 in row order: (output position found_out[k, :counts[k]], input found_in[k, ...]);
+    # every row writes at the cursor and the cursor moves on a hit only (no branch on the data)
+    found_out = np.empty((13, n + 1), np.int32)
+    found_in = np.empty((13, n + 1), np.int32)
     counts = np.zeros(27, np.int64)
     for col in range(4):
         d0 = -1 if col < 3 else 0
         d1 = col - 1 if col < 3 else -1
         shift = d0 * row_stride + d1 * col_stride - 1
         k0 = 9 * (d0 + 1) + 3 * (d1 + 1)
+        c0 = c1 = c2 = 0
         p = 0
         for i in range(n):
             lo = keys[i] + shift
             while padded[p] < lo:
                 p += 1
-            q = p  # padded[q] >= lo + d2 at every step (strictly increasing keys); branch-free selects
-            for d2 in range(3):
-                hit = padded[q] == lo + d2
-                nbr[k0 + d2, i] = q if hit else -1
-                q += hit
-    for i in range(n):
-        nbr[12, i] = i - 1 if i > 0 and keys[i - 1] == keys[i] - 1 else -1
+            # the three targets lie in the window p .. p + 2 if present (strictly increasing keys)
+            w0, w1, w2 = padded[p], padded[p + 1], padded[p + 2]
+            found_out[k0, c0] = i
+            found_in[k0, c0] = p
+            c0 += w0 == lo
+            found_out[k0 + 1, c1] = i
+            found_in[k0 + 1, c1] = p + (w0 != lo + 1)
+            c1 += (w0 == lo + 1) | (w1 == lo + 1)
+            found_out[k0 + 2, c2] = i
+            found_in[k0 + 2, c2] = p + (w0 != lo + 2) + (w1 != lo + 2 and w0 != lo + 2)
+            c2 += (w0 == lo + 2) | (w1 == lo + 2) | (w2 == lo + 2)
+        counts[k0], counts[k0 + 1], counts[k0 + 2] = c0, c1, c2
+    c = 0
+    for i in range(1, n):  # (0, 0, -1): the previous key
+        found_out[12, c] = i
+        found_in[12, c] = i - 1
+        c += keys[i - 1] == keys[i] - 1
+    counts[12] = c
     for k in range(13):
-        c = 0
-        for i in range(n):
-            c += nbr[k, i] >= 0
-        counts[k] = c
-        counts[26 - k] = c
+        counts[26 - k] = counts[k]
     total = 0
     for k in range(27):
         total += counts[k]
-    # groups are written in kernel order, each pair at the group's cursor, the cursor moving on a hit only: a
-    # miss writes one slot past the group, which the next group (or the spare last slot) overwrites
-    ins = np.empty(total + 1, np.int64)
-    outs = np.empty(total + 1, np.int64)
-    kernels = np.empty(total + 1, np.uint8)
+    ins = np.empty(total, np.int64)
+    outs = np.empty(total, np.int64)
+    kernels = np.empty(total, np.uint8)
     at = 0
-    for k in range(13):
-        for i in range(n):
-            j = nbr[k, i]
-            ins[at] = j
-            outs[at] = i
-            at += j >= 0
-        kernels[at - counts[k]:at] = k
-    for k in range(14, 27):
-        row = nbr[26 - k]
-        for i in range(n):
-            j = row[i]
-            ins[at] = i
-            outs[at] = j
-            at += j >= 0
-        kernels[at - counts[k]:at] = k
-    return ins[:total], outs[:total], kernels[:total]
+    for k in range(27):
+        if k == 13:
+            continue
+        src = k if k < 13 else 26 - k
+        a, b = (found_in[src], found_out[src]) if k < 13 else (found_out[src], found_in[src])
+        for t in range(counts[k]):
+            ins[at + t] = a[t]
+            outs[at + t] = b[t]
+            kernels[at + t] = k
+        at += counts[k]
+    return ins, outs, kernels
 
 
 @jit
@@ -268,9 +289,9 @@ def _degree_order(outs, num_rows):
 
 
 @jit
-def _group_pairs(in_rows, out_rows, kernel, kernel_volume, chunk):
-    """Pairs grouped by kernel index (stable) and placed in chunks: (slot of every grouped pair, grouped
-    in/out rows, counts per kernel, chunks per kernel)."""
+def _pack_pairs(in_rows, out_rows, kernel, kernel_volume, chunk, num_in):
+    """Pairs grouped by kernel index (a stable counting sort) and placed in chunks: (in_chunks flat,
+    chunk_kernel, slot_out, first padded slot, slot of every grouped pair, grouped output rows)."""
     n = len(in_rows)
     counts = np.zeros(kernel_volume, np.int64)
     for k in kernel:
@@ -282,50 +303,36 @@ def _group_pairs(in_rows, out_rows, kernel, kernel_volume, chunk):
         n_chunks += chunks_per_kernel[k]
     if n_chunks * chunk == n:  # no padded slot left: add a chunk, its (zero-input) messages are the padding target
         chunks_per_kernel[kernel_volume - 1] += 1
-    first_pair = np.empty(kernel_volume, np.int64)
-    first_slot = np.empty(kernel_volume, np.int64)
+        n_chunks += 1
+    fill = np.empty(kernel_volume, np.int64)  # next grouped pair of each kernel index
+    slot_base = np.empty(kernel_volume, np.int64)  # slot of a kernel index's first chunk minus its first pair
+    chunk_kernel = np.empty(n_chunks, np.int32)
     pair_total = 0
-    slot_total = 0
+    c = 0
     for k in range(kernel_volume):
-        first_pair[k] = pair_total
-        first_slot[k] = slot_total
+        fill[k] = pair_total
+        slot_base[k] = c * chunk - pair_total
         pair_total += counts[k]
-        slot_total += chunks_per_kernel[k] * chunk
-    grouped_in = np.empty(n, np.int64)
-    grouped_out = np.empty(n, np.int64)
+        for _ in range(chunks_per_kernel[k]):
+            chunk_kernel[c] = k
+            c += 1
+    in_chunks = np.full(n_chunks * chunk, num_in, np.int32)
+    slot_out = np.zeros(n_chunks * chunk, np.int32)
     slot = np.empty(n, np.int64)
-    fill = first_pair.copy()
+    grouped_out = np.empty(n, np.int64)
     for p in range(n):
         k = kernel[p]
         g = fill[k]
         fill[k] = g + 1
-        grouped_in[g] = in_rows[p]
+        at = slot_base[k] + g
+        slot[g] = at
         grouped_out[g] = out_rows[p]
-        slot[g] = first_slot[k] + g - first_pair[k]
-    return slot, grouped_in, grouped_out, counts, chunks_per_kernel
-
-
-@jit
-def _place(slot, grouped_in, grouped_out, chunks_per_kernel, chunk, num_in):
-    """in_chunks (flat), chunk_kernel, slot_out and the first padded slot."""
-    n_chunks = 0
-    for c in chunks_per_kernel:
-        n_chunks += c
-    in_chunks = np.full(n_chunks * chunk, num_in, np.int32)
-    slot_out = np.zeros(n_chunks * chunk, np.int32)
-    for g in range(len(slot)):
-        in_chunks[slot[g]] = grouped_in[g]
-        slot_out[slot[g]] = grouped_out[g]
-    chunk_kernel = np.empty(n_chunks, np.int32)
-    c = 0
-    for k in range(len(chunks_per_kernel)):
-        for _ in range(chunks_per_kernel[k]):
-            chunk_kernel[c] = k
-            c += 1
+        in_chunks[at] = in_rows[p]
+        slot_out[at] = out_rows[p]
     zero_slot = 0
     while in_chunks[zero_slot] != num_in:
         zero_slot += 1
-    return in_chunks, chunk_kernel, slot_out, zero_slot
+    return in_chunks, chunk_kernel, slot_out, zero_slot, slot, grouped_out
 
 
 @jit
@@ -341,13 +348,30 @@ def _pair_ranks(grouped_out, num_out):
 
 
 @jit
-def _fill_table(table, lo, slot, grouped_out, rank):
-    """Write the slots of the pairs whose output row lies in [lo, lo + table width) into a band table."""
-    hi = lo + table.shape[1]
-    for g in range(len(slot)):
-        o = grouped_out[g]
-        if lo <= o < hi:
-            table[rank[g], o - lo] = slot[g]
+def _fill_tables(flat, bounds, offsets, slot, grouped_out, rank):
+    """Write every pair's slot into its band table: band g covers output rows bounds[g] .. bounds[g + 1] and is
+    stored row-major (height, width) at flat[offsets[g]:]."""
+    num_bands = len(bounds) - 1
+    for p in range(len(slot)):
+        o = grouped_out[p]
+        g = 0
+        while o >= bounds[g + 1] and g < num_bands - 1:
+            g += 1
+        flat[offsets[g] + rank[p] * (bounds[g + 1] - bounds[g]) + o - bounds[g]] = slot[p]
+
+
+@jit
+def _reorder_rows(level, ins, outs, order, rank):
+    """Level rows in ``order`` and the pairs' rows renamed by ``rank``."""
+    new_level = np.empty_like(level)
+    for r in range(len(order)):
+        new_level[r] = level[order[r]]
+    new_ins = np.empty_like(ins)
+    new_outs = np.empty_like(outs)
+    for p in range(len(ins)):
+        new_ins[p] = rank[ins[p]]
+        new_outs[p] = rank[outs[p]]
+    return new_level, new_ins, new_outs
 
 
 @jit
@@ -370,6 +394,33 @@ def _downsample_keys(coords):
     for i in range(n):
         keys[i] = ((parent[i, 0] + 1) * d1 + parent[i, 1] + 1) * d2 + parent[i, 2] + 1
     return keys, parent, kernel
+
+
+@jit
+def _radix_argsort(keys):
+    """Stable argsort of non-negative int64 keys: LSD radix sort, 11-bit digits, as many passes as the largest
+    key needs (2-3 for a scan's packed cells)."""
+    n = len(keys)
+    top = 0
+    for k in keys:
+        top = max(top, k)
+    order = np.arange(n)
+    scratch = np.empty(n, np.int64)
+    shift = 0
+    while shift == 0 or (top >> shift) > 0:
+        count = np.zeros(2049, np.int64)
+        for i in range(n):
+            count[((keys[i] >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            count[d + 1] += count[d]
+        for t in range(n):
+            i = order[t]
+            d = (keys[i] >> shift) & 2047
+            scratch[count[d]] = i
+            count[d] += 1
+        order, scratch = scratch, order
+        shift += 11
+    return order
 
 
 @jit
@@ -400,41 +451,41 @@ def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num
     :func:`_band_cuts`)."""
     n = len(in_rows)
     b = chunk or _chunk_size(n, kernel_volume)
-    slot, g_in, g_out, _, chunks_per_kernel = _group_pairs(in_rows, out_rows, kernel, kernel_volume, b)
-    in_chunks, chunk_kernel, slot_out, zero_slot = _place(slot, g_in, g_out, chunks_per_kernel, b, num_in)
+    in_chunks, chunk_kernel, slot_out, zero_slot, slot, g_out = _pack_pairs(in_rows, out_rows, kernel,
+                                                                           kernel_volume, b, num_in)
     n_chunks = len(chunk_kernel)
     if not with_tables:
         return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, [], n, slot_out)
     rank, per_out = _pair_ranks(g_out, num_out)
     bounds = [0, *_band_cuts(per_out, num_bands), num_out] if num_bands > 1 else [0, num_out]
-    tables = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        height = max(1, int(per_out[lo:hi].max()) if hi > lo else 1)
-        table = np.full((height, hi - lo), zero_slot, INDEX_DTYPE)
-        _fill_table(table, lo, slot, g_out, rank)
-        tables.append(table)
+    heights = [max(1, int(per_out[lo:hi].max()) if hi > lo else 1) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    sizes = [h * (hi - lo) for h, lo, hi in zip(heights, bounds[:-1], bounds[1:])]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    flat = np.full(int(offsets[-1]), zero_slot, INDEX_DTYPE)
+    _fill_tables(flat, np.array(bounds, np.int64), offsets, slot, g_out, rank)
+    tables = [flat[offsets[g]:offsets[g + 1]].reshape(heights[g], bounds[g + 1] - bounds[g])
+              for g in range(len(heights))]
     return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, tables, n, slot_out)
 
 
 def _subm_pairs(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input row, output row, kernel index) of every non-centre neighbour pair of a 3^3 submanifold conv,
     grouped by kernel index (see :func:`_subm_pairs_sorted`)."""
-    dims = coords.max(0).astype(np.int64) + 3
-    keys = _pack(coords, dims)
-    if np.all(keys[1:] > keys[:-1]):  # the voxelizer and _downsample give key-sorted rows
-        return _subm_pairs_sorted(keys, dims[1] * dims[2], dims[2])
+    keys, row_stride, col_stride, increasing = _pack(coords)
+    if increasing:  # the voxelizer and _downsample give key-sorted rows
+        return _subm_pairs_sorted(keys, row_stride, col_stride)
     order = np.argsort(keys)
     sorted_keys = keys[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):
         raise DataError("kernel maps: coords contain duplicate voxels (use the voxelizer's output)")
-    ins, outs, kernels = _subm_pairs_sorted(sorted_keys, dims[1] * dims[2], dims[2])
+    ins, outs, kernels = _subm_pairs_sorted(sorted_keys, row_stride, col_stride)
     return order[ins], order[outs], kernels
 
 
 def _downsample(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coarse sites (sorted by key), parent row of every fine site, and its kernel index in the 2^3 cell."""
     keys, parent, kernel = _downsample_keys(coords)
-    coarse, inverse = _unique_sorted(keys, np.argsort(keys), parent)
+    coarse, inverse = _unique_sorted(keys, _radix_argsort(keys), parent)
     return coarse, inverse, kernel
 
 
@@ -465,7 +516,7 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
         ins, outs, ks = _subm_pairs(level)
         if portable:
             order, rank, _ = _degree_order(outs, len(level))
-            level, ins, outs = level[order], rank[ins], rank[outs]
+            level, ins, outs = _reorder_rows(level, ins, outs, order, rank)
         else:
             order = rank = np.arange(len(level))
         sizes.append(len(level))
