@@ -14,7 +14,7 @@ from ssov_train.errors import ConfigError, DataError
 from ssov_train.io import write_bytes_atomic, write_text_atomic
 from ssov_train.training.checkpoint import load_model
 
-from .engine import sample_shapes
+from .engine import SENSOR_MAX_POINTS, default_profile, sample_shapes
 from .kernel_maps import build_kernel_maps
 from .onnx_graph import OPSET, build_graph
 from .package import CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, load_package, sha256_of
@@ -102,10 +102,11 @@ def _versions() -> dict[str, str]:
 
 
 def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tuple[int, int, int]] = None,
-                   sample_dir: Path = SAMPLE_DIR, check: bool = True) -> tuple[Path, Optional[Parity]]:
+                   sample_dir: Path = SAMPLE_DIR, check: bool = True,
+                   max_voxels: int = SENSOR_MAX_POINTS) -> tuple[Path, Optional[Parity]]:
     """Write the package ``out`` for ``checkpoint``; with ``check``, verify parity on the real sample and refuse
     (DataError) a package that misses the thresholds.  ``profile``: TensorRT (min, opt, max) voxels; the
-    default is (1024, sample voxels, 4 x sample voxels)."""
+    default is (1024, sample voxels, ``max_voxels``: a 128-beam x 2048-column scan, see engine.default_profile)."""
     from ssov_train.inference.spec import ModelSpec
 
     model, ckpt = load_model(checkpoint)
@@ -115,8 +116,7 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     chunks = maps.chunks()  # chunk lengths sized on a real sweep, frozen in the graph
     shapes = sample_shapes(maps.inputs())
     if profile is None:
-        opt = int(vox.num_voxels)
-        profile = (min(1024, opt), opt, 4 * opt)
+        profile = default_profile(int(vox.num_voxels), max_voxels)
     lo, opt, hi = (int(v) for v in profile)
     if not 1 <= lo <= opt <= hi:
         raise ConfigError(f"profile must be 1 <= min <= opt <= max voxels, got {profile}")
