@@ -17,8 +17,8 @@ DEMO = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    reader = SampleReader(REPO / "data" / "nuscenes_sample")
+def sweep(sample_dir):
+    reader = SampleReader(sample_dir)
     frame = reader.load(reader.split_tokens()[0])
     return frame.points, frame.intensity
 
