@@ -263,7 +263,7 @@ def _subm_pairs_sorted(keys, row_stride, col_stride):
 
 @jit
 def _degree_order(outs, num_rows):
-    """Rows by decreasing pair count (a stable counting sort): (order, rank, degree in row order)."""
+    """Rows by decreasing pair count (a stable counting sort): (order, rank of every row)."""
     degree = np.zeros(num_rows, np.int64)
     for o in outs:
         degree[o] += 1
@@ -282,10 +282,7 @@ def _degree_order(outs, num_rows):
         bucket[top - degree[r]] = at + 1
         order[at] = r
         rank[r] = at
-    sorted_degree = np.empty(num_rows, np.int64)
-    for i in range(num_rows):
-        sorted_degree[i] = degree[order[i]]
-    return order, rank, sorted_degree
+    return order, rank
 
 
 @jit
@@ -515,7 +512,7 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
     for lv in range(NUM_LEVELS):
         ins, outs, ks = _subm_pairs(level)
         if portable:
-            order, rank, _ = _degree_order(outs, len(level))
+            order, rank = _degree_order(outs, len(level))
             level, ins, outs = _reorder_rows(level, ins, outs, order, rank)
         else:
             order = rank = np.arange(len(level))
