@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
-.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench ablation clean
+.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench bench-scale gpu-check ablation clean
 
 venv: $(STAMP)
 
@@ -85,6 +85,17 @@ bench: $(STAMP)
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_afi.py
 	$(PY) bench/bench_backends.py
+
+# Latency and peak RSS from 15k to 1M points, with and without the voxel budget (about 10 minutes; docs/scale.png).
+bench-scale: $(STAMP)
+	$(PY) bench/bench_scale.py
+
+# The GPU backends (spconv CUDA, onnxruntime CUDA EP, TensorRT where installed) for the demo model and MinkUNet34C:
+# parity + timings into docs/performance.md; under 8 minutes; skips with the reason where there is no NVIDIA GPU.
+# No venv needed (GPU machines bring their own torch): the repo's .venv if present, else python3.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	timeout 480 $(GPU_PY) bench/gpu_check.py
 
 # The synthetic-world ablation of the README (about 40 minutes on 2 cores).
 ablation: $(STAMP)

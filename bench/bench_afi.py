@@ -38,6 +38,8 @@ import numpy as np  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from machine import machine_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from ssov_train.afi import AFIConfig, StreamingAFI, afi_refine  # noqa: E402
@@ -147,6 +149,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--compare", type=Path, help="another version of ssov_train/afi.py to compare with")
     args = ap.parse_args()
+    machine = machine_report(1)  # CPU model, flags, SGEMM: compare runs as ratios
 
     dictionary = load_dictionary("nuscenes")
     scan = load_pcd_bin(next((REPO / "data" / "nuscenes_sample").glob("*LIDAR_TOP*.pcd.bin")))

@@ -5,10 +5,14 @@ Stages are the node's: message conversion (PointCloud2 bytes -> columns and labe
 ssov_ros.pointcloud without rclpy), voxelize, kernel maps (ONNX only; spconv builds its rulebooks inside the
 network call), network, softmax, AFI.  Both backends run through the same ``Segmenter`` and are interleaved
 repeat by repeat, so machine load hits both alike; the minimum over repeats is the figure (the median is shown
-too).  It also measures this machine's SGEMM rate with torch (the roofline reference, deps.md) and reports
+too).  It also measures this machine's SGEMM rate with torch (bench/machine.py: the roofline reference) and reports
 GFLOP/s of each network over the MACs spconv really does (occupied neighbours only).
 
-    .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG] [--old-export DIR]
+    .venv/bin/python bench/bench_backends.py [--repeats 7] [--threads 2] [--package PKG [--checkpoint PT]]
+                                             [--old-export DIR]
+
+``--package`` benchmarks that package against the spconv model of the checkpoint it was exported from
+(the sidecar's ``source``: name and sha256), so ratios, GFLOP and label agreement compare the same network.
 
 ``--old-export DIR`` adds a third column: another version of the ``ssov_export/`` package (a copy of the directory,
 e.g. before a change), exporting its own package and running in the same interleaved loop.
@@ -28,9 +32,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ssov_export.kernel_maps import build_kernel_maps  # noqa: E402
 from ssov_export.onnx_export import export_package  # noqa: E402
+from ssov_export.package import load_package, sha256_of  # noqa: E402
+from machine import machine_report  # noqa: E402
 from ssov_train.afi import AFIConfig  # noqa: E402
 from ssov_train.data.sample import SampleReader  # noqa: E402
 from ssov_train.geometry.voxelize import voxelize  # noqa: E402
@@ -40,24 +47,25 @@ DEMO = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
 STAGES = ("message_in", "voxelize", "kernel_maps", "network", "softmax", "afi", "message_out")
 
 
-def sgemm_gflops(threads: int) -> dict[str, float]:
-    """torch fp32 matmul rate at a square and at the thin shapes sparse convs run."""
-    import torch
-
-    torch.set_num_threads(threads)
-    out = {}
-    for m, k, n in ((2048, 2048, 2048), (16000, 96, 96), (16000, 32, 32)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        torch.matmul(a, b)
-        best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(5))
-        out[f"{m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
-    return out
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def package_checkpoint(package: Path, given: Path | None) -> Path:
+    """The checkpoint ``package`` was exported from (its sidecar's ``source``): ``given`` if it matches the
+    recorded sha256, else a file of the recorded name in the package's folder or models/.  A benchmark against
+    any other model's spconv would compare different networks."""
+    sidecar = load_package(package, verify=False).sidecar
+    source = sidecar.get("source") or {}
+    name, sha = source.get("checkpoint"), source.get("checkpoint_sha256")
+    if not name or not sha:
+        raise SystemExit(f"{package}: the sidecar records no source checkpoint; pass --checkpoint")
+    candidates = [given] if given else [package.parent / name, package / name, REPO / "models" / name]
+    for path in candidates:
+        if path and path.is_file():
+            if sha256_of(path) == sha:
+                return path
+            if given:
+                raise SystemExit(f"--checkpoint {given}: sha256 differs from the checkpoint {name} that "
+                                 f"{package} was exported from")
+    raise SystemExit(f"{package} was exported from {name} (sha256 {sha[:12]}...), not found next to the package "
+                     f"or in models/; pass --checkpoint PATH")
 
 
 def useful_macs(model, maps) -> int:
@@ -117,20 +125,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--package", type=Path, help="exported package (default: export the demo model to a temp dir)")
+    ap.add_argument("--package", type=Path, help="exported package (default: export the demo model to a temp dir); "
+                    "spconv runs the checkpoint it was exported from (its sidecar's source)")
+    ap.add_argument("--checkpoint", type=Path, help="the package's source checkpoint, if not next to it or in models/")
     ap.add_argument("--old-export", type=Path, help="a copy of another ssov_export/ version to compare in the same run")
     args = ap.parse_args()
 
+    machine = machine_report(args.threads)
     reader = SampleReader(REPO / "data" / "nuscenes_sample")
     frame = reader.load(reader.split_tokens()[0])
     xyz, intensity = frame.points, frame.intensity
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or export_package(DEMO, Path(tmp) / "demo.ssovpkg")[0]
-        backends = {"spconv CPU eager": open_backend(DEMO, "torch", threads=args.threads),
+        checkpoint = package_checkpoint(package, args.checkpoint) if args.package else DEMO
+        backends = {"spconv CPU eager": open_backend(checkpoint, "torch", threads=args.threads),
                     "onnxruntime CPU": open_backend(package, "onnxruntime", threads=args.threads)}
         if args.old_export:
             old_export, old_backend = load_old_export(args.old_export.resolve())
-            old_package = old_export.export_package(DEMO, Path(tmp) / "old.ssovpkg",
+            old_package = old_export.export_package(checkpoint, Path(tmp) / "old.ssovpkg",
                                                      sample_dir=REPO / "data" / "nuscenes_sample")[0]
             backends["onnxruntime CPU (old)"] = old_backend.OnnxRuntimeBackend(old_package, threads=args.threads)
         segmenters = {name: Segmenter(b, afi=AFIConfig()) for name, b in backends.items()}
@@ -156,12 +168,14 @@ def main() -> None:
         model = backends["spconv CPU eager"].model
         vox = voxelize(xyz, backends["onnxruntime CPU"].spec.voxel, features=intensity)
         macs = useful_macs(model, build_kernel_maps(vox.coords))
-        gemm = sgemm_gflops(args.threads)
 
     names = list(backends)
     agree = min(float(np.mean(labels[names[0]] == labels[n])) for n in names[1:])
-    print(f"real nuScenes sweep: {len(xyz)} points -> {vox.num_voxels} voxels; demo model {DEMO.name}; "
-          f"{args.threads} threads; {args.repeats} interleaved repeats, min (median) ms; AFI on")
+    cfg = backends["spconv CPU eager"].spec.model
+    print(f"real nuScenes sweep: {len(xyz)} points -> {vox.num_voxels} voxels; model {checkpoint.name} "
+          f"({cfg.get('arch')} width {cfg.get('width')}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters; package {package.name if args.package else '(exported now)'}); {args.threads} threads; "
+          f"{args.repeats} interleaved repeats, min (median) ms; AFI on")
     print(f"{'stage':<14}" + "".join(f"{n:>26}" for n in names) + f"{'speed-up':>10}"
           + "".join(f"{'vs old':>10}" for _ in names[2:]))
     for stage in (*STAGES, "total"):
@@ -178,7 +192,10 @@ def main() -> None:
           + f" Hz; labels identical on {100 * agree:.3f}% of points")
     print(f"network work: {2 * macs / 1e9:.2f} GFLOP (occupied neighbours only); achieved "
           + ", ".join(f"{n} {2 * macs / 1e6 / min(results[n]['network']):.0f} GFLOP/s" for n in names))
-    print("torch SGEMM here: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
+    gemm = machine["sgemm_gflops"]
+    square = gemm[next(iter(gemm))]
+    print("network rate / SGEMM (2048^3): " + ", ".join(
+        f"{n} {2 * macs / 1e6 / min(results[n]['network']) / square:.0%}" for n in names))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from machine import machine_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from ssov_train.geometry.voxelize import VoxelConfig, voxelize  # noqa: E402
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    machine = machine_report(args.threads)  # CPU model, flags, SGEMM: compare runs as ratios
     torch.set_num_threads(args.threads)
 
     sweep = np.fromfile(next((REPO / "data" / "nuscenes_sample").glob("*.pcd.bin")), dtype=np.float32)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from machine import machine_report  # noqa: E402
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_local.xml"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -206,10 +208,12 @@ def main() -> int:
     args = p.parse_args()
     if args.five_minutes:
         args.duration = 300.0
+    machine = machine_report(max(1, args.threads))  # CPU model, flags, SGEMM: compare runs as ratios
     modes = ("on", "off") if args.pipeline == "both" else (args.pipeline,)
     result = {f"live_pipeline_{m}": run_live(args, m) for m in modes}
     if args.fuzz:
         result["fuzz"] = run_fuzz(args.fuzz)
+    result["machine_report"] = machine
     write_json_atomic(Path(args.out) / "bench_node.json", result)
     for m in modes:
         live = result[f"live_pipeline_{m}"]

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from machine import machine_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from ssov_train.afi import AFIConfig, TemporalConfig  # noqa: E402
@@ -61,6 +63,7 @@ def main() -> int:
     p.add_argument("--package", default=str(PACKAGE), help="exported model package (or a .pt for torch)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_pipeline"))
     args = p.parse_args()
+    machine = machine_report(args.threads)  # CPU model, flags, SGEMM: compare runs as ratios
     from tqdm import tqdm
 
     reader = SampleReader(REPO / "data" / "nuscenes_sample")
@@ -91,7 +94,8 @@ def main() -> int:
               f" medians {statistics.median(times['serial']):.1f} / {statistics.median(times['pipelined']):.1f}")
     results["setup"] = {"model": str(args.package), "backend": backend.describe(), "threads": args.threads,
                         "frames": args.frames, "repeats": args.repeats, "points": int(len(xyz)),
-                        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"}
+                        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+                        "machine_report": machine}
     write_json_atomic(Path(args.out) / "bench_pipeline.json", results)
     print(f"-> {args.out}/bench_pipeline.json ({results['setup']['machine']})")
     return 0

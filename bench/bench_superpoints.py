@@ -21,6 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the goal is per co
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from machine import machine_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 from ssov_train.data.sample import SampleReader  # noqa: E402
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--masks", type=int, default=15)
     ap.add_argument("--feature-dim", type=int, default=768)
     args = ap.parse_args()
+    machine = machine_report(1)  # CPU model, flags, SGEMM: compare runs as ratios
 
     dictionary = load_dictionary("nuscenes")
     reader = SampleReader(REPO / "data" / "nuscenes_sample", dictionary)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ssov_train.errors import ConfigError, DataError
 
+from .engine import SENSOR_MAX_POINTS
+
 
 def _profile(text: str) -> tuple[int, int, int]:
     parts = text.split(",")
@@ -21,13 +23,19 @@ def _profile(text: str) -> tuple[int, int, int]:
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def cmd_onnx(args) -> int:
     from .onnx_export import export_package
 
     from .package import load_package
 
     out, parity = export_package(args.checkpoint, args.out, profile=args.profile, check=not args.no_check,
-                                 text_embeddings=args.text_embeddings)
+                                 text_embeddings=args.text_embeddings, max_voxels=args.max_voxels)
     pkg = load_package(out, verify=False)
     table = pkg.text_embeddings_path
     print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + model.yaml"
@@ -101,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("onnx", help="checkpoint -> model package (ONNX + sidecar), parity-checked on the real sample")
     o.add_argument("--checkpoint", required=True, type=Path)
     o.add_argument("--out", required=True, type=Path, help="package directory, e.g. models/demo.ssovpkg")
-    o.add_argument("--profile", type=_profile, help="TensorRT MIN,OPT,MAX voxels (default 1024,<sample>,4x<sample>)")
+    prof = o.add_mutually_exclusive_group()
+    prof.add_argument("--profile", type=_profile, help="TensorRT MIN,OPT,MAX voxels (default 1024,<sample voxels>,"
+                      "--max-voxels)")
+    prof.add_argument("--max-voxels", type=_positive, default=SENSOR_MAX_POINTS,
+                      help=f"largest scan (voxels) the TensorRT profile admits; default {SENSOR_MAX_POINTS}: any "
+                      "single-return 128-beam x 2048-column scan (docs/performance.md, Shape profiles)")
     o.add_argument("--no-check", action="store_true", help="skip the parity check against spconv")
     o.add_argument("--text-embeddings", type=Path,
                    help="feature models: the text embeddings to carry (an .npz table or a teacher-output directory; "

@@ -6,7 +6,8 @@
   generated on an incompatible device"), so all of these go into the file name *and* into a JSON record next
   to it, and :func:`decide` re-checks the record (and the engine's own sha256) before loading.
 * **Profiles**: min/opt/max shapes of every graph input, derived from the sidecar's ``profile`` (voxels) and
-  ``chunks`` (see ssov_export/kernel_maps.py for what each input is).
+  ``chunks`` (see ssov_export/kernel_maps.py for what each input is); the export's default maximum covers a
+  128-beam x 2048-column scan (:data:`SENSOR_MAX_POINTS`, docs/performance.md "Shape profiles").
 * **ONNX checks** that matter for TensorRT: opset, supported ops, int32 index inputs, named dynamic axes.
 * **Runtime guard**: a scan whose inputs fall outside the profile is refused with a clear error (TensorRT
   would fail inside ``execute``), like Autoware's point-count guard.
@@ -33,6 +34,21 @@ TRT_OPSETS = range(13, 21)  # TensorRT 8.6 parses opset <= 17, 10.x <= 20
 TRT_OPS = {"Add", "Concat", "ConstantOfShape", "Div", "Gather", "Gemm", "MatMul", "Max", "ReduceL2", "Relu",
            "Reshape", "Shape", "Slice"}  # what our graphs use; all native TensorRT layers, no plugin
 KERNEL_VOLUME = {"subm": 27, "down": 8, "up": 8}
+
+# Default profile maximum: the densest common spinning lidars return at most 128 rings x 2048 columns = 262,144
+# points per scan (Ouster OS-128 in its 2048x10 mode; Hesai Pandar128: 128 x 1800 = 230,400; Velodyne VLS-128
+# about 240,000, single return).  A scan never has more voxels than points, so this bounds the voxels of any
+# single-return 128-beam scan whatever the scene (a real 128-beam sweep of ~200k points: 93,122 voxels).
+# Dual-return or 2x-oversampled sensors: export with a larger --max-voxels.
+SENSOR_MAX_POINTS = 128 * 2048
+PROFILE_MIN_VOXELS = 1024
+
+
+def default_profile(sample_voxels: int, max_voxels: int = SENSOR_MAX_POINTS) -> tuple[int, int, int]:
+    """(min, opt, max) voxels of the TensorRT profile: opt = the real sample's voxel count (what kernels are
+    tuned for), max = ``max_voxels`` (default: the 128 x 2048 sensor bound above), min = 1024 (or less)."""
+    opt = int(sample_voxels)
+    return min(PROFILE_MIN_VOXELS, opt), opt, max(int(max_voxels), opt)
 MAX_WIDTH = {"subm": 26, "down": 8, "up": 1}  # out-table widths: neighbours per site, children per cell, parents
 
 

@@ -2,8 +2,10 @@
 preprocessing, used by every backend that runs the exported graph (onnxruntime, TensorRT) and by the export
 itself.
 
-Sites of one level are packed into int64 keys (sorted once); neighbours are found with ``np.searchsorted``
-(4 searches per level, see :func:`_subm_pairs`).
+Sites of one level are packed into int64 keys (sorted once); neighbours are found by four merge passes over
+the sorted keys (:func:`_subm_pairs_sorted`).  Every kernel is compiled with numba (ssov_train/jit.py: cached,
+one thread, GIL released): a nuScenes sweep's maps take a few ms; tests/export/test_kernel_maps_compiled.py
+keeps the former numpy implementation as the reference the output must equal array for array.
 Level 0 holds the voxelizer's voxels; level l+1 is the set of cells ``coords_l // 2`` (spconv's 2^3 stride-2
 conv with a grid aligned to 16, see geometry/voxelize.py).  Row orders are this module's choice (below); the
 graph returns logits in the voxelizer's order.
@@ -41,11 +43,13 @@ Two **flavours** of the same rulebooks feed the two graphs of a package (ssov_ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ssov_train.errors import DataError
+from ssov_train.jit import jit
 
 NUM_LEVELS = 5  # input resolution + 4 stride-2 levels of the MinkUNet
 SUBM_OFFSETS = np.array([(a - 1, b - 1, c - 1) for a in range(3) for b in range(3) for c in range(3)], np.int64)
@@ -122,23 +126,37 @@ def input_names(flavour: str = "portable") -> list[str]:
     return names
 
 
-def _pack(coords: np.ndarray, dims: np.ndarray) -> np.ndarray:
-    """int64 keys of non-negative (V, 3) coords within ``dims`` (each axis has room for a -1 / +1 margin)."""
-    c = coords.astype(np.int64) + 1
-    return (c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2]
+@jit
+def _pack(coords):
+    """int64 keys of non-negative (V, 3) coords (each axis has room for a -1 / +1 margin): (keys, row stride,
+    column stride, whether the keys are strictly increasing)."""
+    n = len(coords)
+    top1 = top2 = 0
+    for i in range(n):
+        top1 = max(top1, coords[i, 1])
+        top2 = max(top2, coords[i, 2])
+    d1 = np.int64(top1) + 3
+    d2 = np.int64(top2) + 3
+    keys = np.empty(n, np.int64)
+    increasing = True
+    for i in range(n):
+        keys[i] = ((np.int64(coords[i, 0]) + 1) * d1 + coords[i, 1] + 1) * d2 + coords[i, 2] + 1
+        if i > 0 and keys[i] <= keys[i - 1]:
+            increasing = False
+    return keys, d1 * d2, d2, increasing
 
 
 def _chunk_size(num_pairs: int, kernel_volume: int) -> int:
     """Chunk length: large enough for efficient MatMuls, small enough that per-kernel padding stays minor."""
     target = max(1, num_pairs // (4 * kernel_volume))  # mean padding ~ B/2 per kernel index: ~1/8 of the pairs
-    return int(np.clip(1 << int(np.round(np.log2(target))), MIN_CHUNK, MAX_CHUNK))
+    return min(max(1 << round(math.log2(target)), MIN_CHUNK), MAX_CHUNK)
 
 
 def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
     """Row cuts of non-increasing ``degree`` into ``num_bands`` (2 or 3) contiguous bands minimising the padded
     table size sum(rows_g * max_degree_g); cuts are searched exhaustively at degree changes (at most 27)."""
     n = len(degree)
-    starts = np.concatenate([[0], np.flatnonzero(degree[1:] != degree[:-1]) + 1])
+    starts = _degree_starts(degree)
     if num_bands == 1 or len(starts) <= 1:
         return [n] * (num_bands - 1)
     heights = np.maximum(degree[starts], 1).astype(np.int64)
@@ -156,6 +174,272 @@ def _band_cuts(degree: np.ndarray, num_bands: int) -> list[int]:
     return [int(starts[i[best]]), int(starts[j[best]])]
 
 
+# ---- compiled kernels (numba, one thread; see ssov_train/jit.py). Every loop below visits pairs in the order
+# the rulebook format defines (by kernel index, then by the order the pairs were found), so the maps are a
+# pure function of the coords.
+
+@jit
+def _degree_starts(degree):
+    """Rows where a non-increasing degree sequence changes (row 0 included)."""
+    n = len(degree)
+    starts = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if i == 0 or degree[i] != degree[i - 1]:
+            starts[m] = i
+            m += 1
+    return starts[:m]
+
+
+@jit
+def _subm_pairs_sorted(keys, row_stride, col_stride):
+    """(input, output, kernel index) of every non-centre 3^3 neighbour pair of strictly increasing ``keys``,
+    as positions in ``keys``, grouped by kernel index.
+
+    Only the 13 offsets before the centre are searched: a pair found at offset k is also the pair of the
+    mirrored offset 26 - k with input and output swapped. The keys of (c0 + d0, c1 + d1, c2 - 1 .. c2 + 1) are
+    three consecutive integers that only grow with the row, so one merge pointer per (d0, d1) column finds all
+    three in O(V) (no search); the (0, 0, -1) neighbour is the previous key. Within a kernel index, pairs come
+    by increasing output position (k < 13) or increasing input position (k > 13)."""
+    n = len(keys)
+    padded = np.empty(n + 3, np.int64)  # sentinels past the end: no bounds test in the loops
+    padded[:n] = keys
+    padded[n:] = np.iinfo(np.int64).max
+    # hits of offset k < 13 in row order: (output position found_out[k, :counts[k]], input found_in[k, ...]);
+    # every row writes at the cursor and the cursor moves on a hit only (no branch on the data)
+    found_out = np.empty((13, n + 1), np.int32)
+    found_in = np.empty((13, n + 1), np.int32)
+    counts = np.zeros(27, np.int64)
+    for col in range(4):
+        d0 = -1 if col < 3 else 0
+        d1 = col - 1 if col < 3 else -1
+        shift = d0 * row_stride + d1 * col_stride - 1
+        k0 = 9 * (d0 + 1) + 3 * (d1 + 1)
+        c0 = c1 = c2 = 0
+        p = 0
+        for i in range(n):
+            lo = keys[i] + shift
+            while padded[p] < lo:
+                p += 1
+            # the three targets lie in the window p .. p + 2 if present (strictly increasing keys)
+            w0, w1, w2 = padded[p], padded[p + 1], padded[p + 2]
+            found_out[k0, c0] = i
+            found_in[k0, c0] = p
+            c0 += w0 == lo
+            found_out[k0 + 1, c1] = i
+            found_in[k0 + 1, c1] = p + (w0 != lo + 1)
+            c1 += (w0 == lo + 1) | (w1 == lo + 1)
+            found_out[k0 + 2, c2] = i
+            found_in[k0 + 2, c2] = p + (w0 != lo + 2) + (w1 != lo + 2 and w0 != lo + 2)
+            c2 += (w0 == lo + 2) | (w1 == lo + 2) | (w2 == lo + 2)
+        counts[k0], counts[k0 + 1], counts[k0 + 2] = c0, c1, c2
+    c = 0
+    for i in range(1, n):  # (0, 0, -1): the previous key
+        found_out[12, c] = i
+        found_in[12, c] = i - 1
+        c += keys[i - 1] == keys[i] - 1
+    counts[12] = c
+    for k in range(13):
+        counts[26 - k] = counts[k]
+    total = 0
+    for k in range(27):
+        total += counts[k]
+    ins = np.empty(total, np.int64)
+    outs = np.empty(total, np.int64)
+    kernels = np.empty(total, np.uint8)
+    at = 0
+    for k in range(27):
+        if k == 13:
+            continue
+        src = k if k < 13 else 26 - k
+        a, b = (found_in[src], found_out[src]) if k < 13 else (found_out[src], found_in[src])
+        for t in range(counts[k]):
+            ins[at + t] = a[t]
+            outs[at + t] = b[t]
+            kernels[at + t] = k
+        at += counts[k]
+    return ins, outs, kernels
+
+
+@jit
+def _degree_order(outs, num_rows):
+    """Rows by decreasing pair count (a stable counting sort): (order, rank of every row)."""
+    degree = np.zeros(num_rows, np.int64)
+    for o in outs:
+        degree[o] += 1
+    top = 0
+    for d in degree:
+        top = max(top, d)
+    bucket = np.zeros(top + 2, np.int64)
+    for d in degree:
+        bucket[top - d + 1] += 1
+    for b in range(1, top + 2):
+        bucket[b] += bucket[b - 1]
+    order = np.empty(num_rows, np.int64)
+    rank = np.empty(num_rows, np.int64)
+    for r in range(num_rows):
+        at = bucket[top - degree[r]]
+        bucket[top - degree[r]] = at + 1
+        order[at] = r
+        rank[r] = at
+    return order, rank
+
+
+@jit
+def _pack_pairs(in_rows, out_rows, kernel, kernel_volume, chunk, num_in):
+    """Pairs grouped by kernel index (a stable counting sort) and placed in chunks: (in_chunks flat,
+    chunk_kernel, slot_out, first padded slot, slot of every grouped pair, grouped output rows)."""
+    n = len(in_rows)
+    counts = np.zeros(kernel_volume, np.int64)
+    for k in kernel:
+        counts[k] += 1
+    chunks_per_kernel = np.empty(kernel_volume, np.int64)
+    n_chunks = 0
+    for k in range(kernel_volume):
+        chunks_per_kernel[k] = (counts[k] + chunk - 1) // chunk
+        n_chunks += chunks_per_kernel[k]
+    if n_chunks * chunk == n:  # no padded slot left: add a chunk, its (zero-input) messages are the padding target
+        chunks_per_kernel[kernel_volume - 1] += 1
+        n_chunks += 1
+    fill = np.empty(kernel_volume, np.int64)  # next grouped pair of each kernel index
+    slot_base = np.empty(kernel_volume, np.int64)  # slot of a kernel index's first chunk minus its first pair
+    chunk_kernel = np.empty(n_chunks, np.int32)
+    pair_total = 0
+    c = 0
+    for k in range(kernel_volume):
+        fill[k] = pair_total
+        slot_base[k] = c * chunk - pair_total
+        pair_total += counts[k]
+        for _ in range(chunks_per_kernel[k]):
+            chunk_kernel[c] = k
+            c += 1
+    in_chunks = np.full(n_chunks * chunk, num_in, np.int32)
+    slot_out = np.zeros(n_chunks * chunk, np.int32)
+    slot = np.empty(n, np.int64)
+    grouped_out = np.empty(n, np.int64)
+    for p in range(n):
+        k = kernel[p]
+        g = fill[k]
+        fill[k] = g + 1
+        at = slot_base[k] + g
+        slot[g] = at
+        grouped_out[g] = out_rows[p]
+        in_chunks[at] = in_rows[p]
+        slot_out[at] = out_rows[p]
+    zero_slot = 0
+    while in_chunks[zero_slot] != num_in:
+        zero_slot += 1
+    return in_chunks, chunk_kernel, slot_out, zero_slot, slot, grouped_out
+
+
+@jit
+def _pair_ranks(grouped_out, num_out):
+    """Rank of every (grouped) pair among its output row's pairs, and the pair count of every output row."""
+    rank = np.empty(len(grouped_out), np.int64)
+    per_out = np.zeros(num_out, np.int64)
+    for g in range(len(grouped_out)):
+        o = grouped_out[g]
+        rank[g] = per_out[o]
+        per_out[o] += 1
+    return rank, per_out
+
+
+@jit
+def _fill_tables(flat, bounds, offsets, slot, grouped_out, rank):
+    """Write every pair's slot into its band table: band g covers output rows bounds[g] .. bounds[g + 1] and is
+    stored row-major (height, width) at flat[offsets[g]:]."""
+    num_bands = len(bounds) - 1
+    for p in range(len(slot)):
+        o = grouped_out[p]
+        g = 0
+        while o >= bounds[g + 1] and g < num_bands - 1:
+            g += 1
+        flat[offsets[g] + rank[p] * (bounds[g + 1] - bounds[g]) + o - bounds[g]] = slot[p]
+
+
+@jit
+def _reorder_rows(level, ins, outs, order, rank):
+    """Level rows in ``order`` and the pairs' rows renamed by ``rank``."""
+    new_level = np.empty_like(level)
+    for r in range(len(order)):
+        new_level[r] = level[order[r]]
+    new_ins = np.empty_like(ins)
+    new_outs = np.empty_like(outs)
+    for p in range(len(ins)):
+        new_ins[p] = rank[ins[p]]
+        new_outs[p] = rank[outs[p]]
+    return new_level, new_ins, new_outs
+
+
+@jit
+def _downsample_keys(coords):
+    """Parent cells of a level (``coords // 2``), packed: (keys, parent coords, kernel index in the 2^3 cell)."""
+    n = len(coords)
+    parent = np.empty((n, 3), np.int64)
+    kernel = np.empty(n, np.int64)
+    top = np.zeros(3, np.int64)
+    for i in range(n):
+        for a in range(3):
+            v = coords[i, a] // 2
+            parent[i, a] = v
+            top[a] = max(top[a], v)
+        kernel[i] = (coords[i, 0] - 2 * parent[i, 0]) * 4 + (coords[i, 1] - 2 * parent[i, 1]) * 2 + (
+            coords[i, 2] - 2 * parent[i, 2])
+    d1 = top[1] + 3
+    d2 = top[2] + 3
+    keys = np.empty(n, np.int64)
+    for i in range(n):
+        keys[i] = ((parent[i, 0] + 1) * d1 + parent[i, 1] + 1) * d2 + parent[i, 2] + 1
+    return keys, parent, kernel
+
+
+@jit
+def _radix_argsort(keys):
+    """Stable argsort of non-negative int64 keys: LSD radix sort, 11-bit digits, as many passes as the largest
+    key needs (2-3 for a scan's packed cells)."""
+    n = len(keys)
+    top = 0
+    for k in keys:
+        top = max(top, k)
+    order = np.arange(n)
+    scratch = np.empty(n, np.int64)
+    shift = 0
+    while shift == 0 or (top >> shift) > 0:
+        count = np.zeros(2049, np.int64)
+        for i in range(n):
+            count[((keys[i] >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            count[d + 1] += count[d]
+        for t in range(n):
+            i = order[t]
+            d = (keys[i] >> shift) & 2047
+            scratch[count[d]] = i
+            count[d] += 1
+        order, scratch = scratch, order
+        shift += 11
+    return order
+
+
+@jit
+def _unique_sorted(keys, order, parent):
+    """np.unique(keys, return_inverse=True) given an argsort ``order``: (coarse coords by key, inverse)."""
+    n = len(keys)
+    inverse = np.empty(n, np.int64)
+    coarse = np.empty((n, 3), np.int64)
+    m = -1
+    last = np.int64(-1)
+    for t in range(n):
+        i = order[t]
+        if t == 0 or keys[i] != last:
+            m += 1
+            last = keys[i]
+            coarse[m, 0] = parent[i, 0]
+            coarse[m, 1] = parent[i, 1]
+            coarse[m, 2] = parent[i, 2]
+        inverse[i] = m
+    return coarse[:m + 1].copy(), inverse
+
+
 def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num_in: int, num_out: int,
               kernel_volume: int, chunk: int | None, num_bands: int = 1, with_tables: bool = True) -> Rulebook:
     """Pack pairs (input row -> output row via kernel index; an output has at most one pair per kernel index)
@@ -163,103 +447,43 @@ def _rulebook(in_rows: np.ndarray, out_rows: np.ndarray, kernel: np.ndarray, num
     ``slot_out`` only).  With ``num_bands`` > 1 the output rows must come sorted by decreasing pair count (see
     :func:`_band_cuts`)."""
     n = len(in_rows)
-    kernel = kernel.astype(np.uint8)
-    if n and np.any(kernel[1:] < kernel[:-1]):  # group by kernel (radix sort of a uint8 key)
-        order = np.argsort(kernel, kind="stable")
-        in_rows, out_rows, kernel = in_rows[order], out_rows[order], kernel[order]
     b = chunk or _chunk_size(n, kernel_volume)
-    counts = np.bincount(kernel, minlength=kernel_volume)
-    chunks_per_kernel = -(-counts // b)
-    n_chunks = int(chunks_per_kernel.sum())
-    if n_chunks * b == n:  # no padded slot left: add a chunk, its (zero-input) messages are the padding target
-        chunks_per_kernel[-1] += 1
-        n_chunks += 1
-    # slot of every pair: its kernel's first chunk * b + rank within the kernel
-    first_pair = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    first_slot = np.concatenate([[0], np.cumsum(chunks_per_kernel)[:-1]]) * b
-    slot = (first_slot - first_pair)[kernel] + np.arange(n)
-    in_chunks = np.full(n_chunks * b, num_in, INDEX_DTYPE)
-    in_chunks[slot] = in_rows
-    zero_slot = int(np.flatnonzero(in_chunks == num_in)[0])  # a padded slot: its message is exactly zero
-    chunk_kernel = np.repeat(np.arange(kernel_volume, dtype=INDEX_DTYPE), chunks_per_kernel)
-    slot_out = np.zeros(n_chunks * b, INDEX_DTYPE)
-    slot_out[slot] = out_rows
+    in_chunks, chunk_kernel, slot_out, zero_slot, slot, g_out = _pack_pairs(in_rows, out_rows, kernel,
+                                                                           kernel_volume, b, num_in)
+    n_chunks = len(chunk_kernel)
     if not with_tables:
         return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, [], n, slot_out)
-    # rank of every pair among its output's pairs: one pass per kernel index (at most one pair per output each)
-    rank = np.empty(n, np.int64)
-    per_out = np.zeros(num_out, np.int64)
-    for k in np.flatnonzero(counts):
-        lo, hi = first_pair[k], first_pair[k] + counts[k]
-        outs = out_rows[lo:hi]
-        rank[lo:hi] = per_out[outs]
-        per_out[outs] += 1
-    width = max(1, int(per_out.max()) if n else 1)
-    full = np.full((width, num_out), zero_slot, INDEX_DTYPE)
-    full[rank, out_rows] = slot
+    rank, per_out = _pair_ranks(g_out, num_out)
     bounds = [0, *_band_cuts(per_out, num_bands), num_out] if num_bands > 1 else [0, num_out]
-    tables = [np.ascontiguousarray(full[:max(1, int(per_out[lo:hi].max()) if hi > lo else 1), lo:hi])
-              for lo, hi in zip(bounds[:-1], bounds[1:])]
+    heights = [max(1, int(per_out[lo:hi].max()) if hi > lo else 1) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    sizes = [h * (hi - lo) for h, lo, hi in zip(heights, bounds[:-1], bounds[1:])]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    flat = np.full(int(offsets[-1]), zero_slot, INDEX_DTYPE)
+    _fill_tables(flat, np.array(bounds, np.int64), offsets, slot, g_out, rank)
+    tables = [flat[offsets[g]:offsets[g + 1]].reshape(heights[g], bounds[g + 1] - bounds[g])
+              for g in range(len(heights))]
     return Rulebook(in_chunks.reshape(n_chunks, b), chunk_kernel, tables, n, slot_out)
 
 
 def _subm_pairs(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input row, output row, kernel index) of every non-centre neighbour pair of a 3^3 submanifold conv,
-    grouped by kernel index.
-
-    Only the 13 offsets before the centre are searched: a pair found at offset k is also the pair of the
-    mirrored offset 26 - k with input and output swapped.  Keys of (c0 + d0, c1 + d1, c2 - 1 .. c2 + 1) are
-    three consecutive integers, so one ``searchsorted`` per (d0, d1) column finds all three (a window of three
-    sorted keys); the (0, 0, -1) neighbour is simply the previous sorted key."""
-    dims = coords.max(0).astype(np.int64) + 3
-    keys = _pack(coords, dims)
-    if np.all(keys[1:] > keys[:-1]):  # the voxelizer and _downsample give key-sorted rows
-        order, sorted_keys = None, keys
-    else:
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        if np.any(sorted_keys[1:] == sorted_keys[:-1]):
-            raise DataError("kernel maps: coords contain duplicate voxels (use the voxelizer's output)")
-    n = len(sorted_keys)
-    padded = np.concatenate([sorted_keys, np.full(3, -1, np.int64)])  # a window may run past the end
-    positions = np.arange(n)
-    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> (output sorted positions, input sorted positions)
-    for d0, d1 in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):
-        base = sorted_keys + (d0 * dims[1] + d1) * dims[2]
-        start = np.searchsorted(sorted_keys, base - 1)
-        window = [padded[start], padded[start + 1], padded[start + 2]]
-        for d2 in (-1, 0, 1):
-            target = base + d2
-            at = [w == target for w in window]
-            hit = at[0] | at[1] | at[2]
-            offset = at[1].astype(np.int64) + 2 * at[2]
-            found[9 * (d0 + 1) + 3 * (d1 + 1) + (d2 + 1)] = (positions[hit], (start + offset)[hit])
-    prev = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1] + 1)  # (0, 0, -1): the previous key
-    found[12] = (prev + 1, prev)
-    ins, outs, kernels = [], [], []
-    for k in range(27):
-        if k == SUBM_CENTER:
-            continue
-        out_pos, in_pos = found[k] if k < SUBM_CENTER else found[26 - k][::-1]
-        ins.append(in_pos)
-        outs.append(out_pos)
-        kernels.append(np.full(len(in_pos), k, np.uint8))
-    ins, outs = np.concatenate(ins), np.concatenate(outs)
-    if order is not None:
-        ins, outs = order[ins], order[outs]
-    return ins, outs, np.concatenate(kernels)
+    grouped by kernel index (see :func:`_subm_pairs_sorted`)."""
+    keys, row_stride, col_stride, increasing = _pack(coords)
+    if increasing:  # the voxelizer and _downsample give key-sorted rows
+        return _subm_pairs_sorted(keys, row_stride, col_stride)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):
+        raise DataError("kernel maps: coords contain duplicate voxels (use the voxelizer's output)")
+    ins, outs, kernels = _subm_pairs_sorted(sorted_keys, row_stride, col_stride)
+    return order[ins], order[outs], kernels
 
 
 def _downsample(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coarse sites (sorted by key), parent row of every fine site, and its kernel index in the 2^3 cell."""
-    parent = coords // 2
-    dims = parent.max(0).astype(np.int64) + 3
-    coarse_keys, inverse = np.unique(_pack(parent, dims), return_inverse=True)
-    coarse = np.empty((len(coarse_keys), 3), np.int64)
-    coarse[inverse.reshape(-1)] = parent
-    cell = coords - 2 * parent
-    kernel = (cell[:, 0] * 4 + cell[:, 1] * 2 + cell[:, 2]).astype(np.int64)
-    return coarse, inverse.reshape(-1).astype(np.int64), kernel
+    keys, parent, kernel = _downsample_keys(coords)
+    coarse, inverse = _unique_sorted(keys, _radix_argsort(keys), parent)
+    return coarse, inverse, kernel
 
 
 def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
@@ -288,11 +512,8 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
     for lv in range(NUM_LEVELS):
         ins, outs, ks = _subm_pairs(level)
         if portable:
-            degree = np.bincount(outs, minlength=len(level)).astype(np.uint8)
-            order = np.argsort(np.uint8(255) - degree, kind="stable")
-            rank = np.empty(len(level), np.int64)
-            rank[order] = np.arange(len(level))
-            level, ins, outs = level[order], rank[ins], rank[outs]
+            order, rank = _degree_order(outs, len(level))
+            level, ins, outs = _reorder_rows(level, ins, outs, order, rank)
         else:
             order = rank = np.arange(len(level))
         sizes.append(len(level))

@@ -14,7 +14,7 @@ from ssov_train.errors import ConfigError, DataError
 from ssov_train.io import write_bytes_atomic, write_text_atomic
 from ssov_train.training.checkpoint import load_model
 
-from .engine import sample_shapes
+from .engine import SENSOR_MAX_POINTS, default_profile, sample_shapes
 from .kernel_maps import build_kernel_maps
 from .onnx_graph import OPSET, build_graph
 from .package import (CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, TEXT_EMBEDDINGS_FILE,
@@ -124,12 +124,13 @@ def text_table(ckpt: dict, spec, source: Optional[Path] = None):
 
 
 def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tuple[int, int, int]] = None,
-                   sample_dir: Path = SAMPLE_DIR, check: bool = True, text_embeddings: Optional[Path] = None
-                   ) -> tuple[Path, Optional[Parity]]:
+                   sample_dir: Path = SAMPLE_DIR, check: bool = True, text_embeddings: Optional[Path] = None,
+                   max_voxels: int = SENSOR_MAX_POINTS) -> tuple[Path, Optional[Parity]]:
     """Write the package ``out`` for ``checkpoint``; with ``check``, verify parity on the real sample and refuse
     (DataError) a package that misses the thresholds.  ``profile``: TensorRT (min, opt, max) voxels; the
-    default is (1024, sample voxels, 4 x sample voxels).  A feature model's package carries its text embeddings
-    (:func:`text_table`; ``text_embeddings`` names them explicitly)."""
+    default is (1024, sample voxels, ``max_voxels``: a 128-beam x 2048-column scan, see engine.default_profile).
+    A feature model's package carries its text embeddings (:func:`text_table`; ``text_embeddings`` names them
+    explicitly)."""
     from ssov_train.inference.spec import ModelSpec
 
     model, ckpt = load_model(checkpoint)
@@ -140,8 +141,7 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     chunks = maps.chunks()  # chunk lengths sized on a real sweep, frozen in the graph
     shapes = sample_shapes(maps.inputs())
     if profile is None:
-        opt = int(vox.num_voxels)
-        profile = (min(1024, opt), opt, 4 * opt)
+        profile = default_profile(int(vox.num_voxels), max_voxels)
     lo, opt, hi = (int(v) for v in profile)
     if not 1 <= lo <= opt <= hi:
         raise ConfigError(f"profile must be 1 <= min <= opt <= max voxels, got {profile}")

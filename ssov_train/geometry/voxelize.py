@@ -137,6 +137,30 @@ def voxelize(points_xyz: np.ndarray, cfg: VoxelConfig, features: Optional[np.nda
                   features=None if features is None else features[first], labels=voxel_labels)
 
 
+def nearest_voxels(vox: Voxels, points_xyz: np.ndarray, max_voxels: int) -> tuple[Voxels, np.ndarray]:
+    """The voxel budget: the ``max_voxels`` voxels nearest the sensor (horizontal range of each voxel's
+    representative point; ties by voxel order), i.e. a range cut chosen per scan so the network's cost stays
+    bounded on dense sensors.  Returns the reduced voxels (coords still sorted; ``point_to_voxel`` and
+    ``voxel_to_point`` over the kept points) and the indices of the kept points in ``points_xyz``."""
+    if max_voxels < 1:
+        raise ConfigError(f"max_voxels must be >= 1, got {max_voxels}")
+    if vox.num_voxels <= max_voxels:
+        return vox, np.arange(len(vox.point_to_voxel))
+    rep = np.asarray(points_xyz, np.float32)[vox.voxel_to_point]
+    horizontal = np.hypot(rep[:, 0], rep[:, 1])
+    keep = np.sort(np.argsort(horizontal, kind="stable")[:max_voxels])
+    new_index = np.full(vox.num_voxels, -1, np.int64)
+    new_index[keep] = np.arange(len(keep))
+    point_voxel = new_index[vox.point_to_voxel]
+    kept_points = np.flatnonzero(point_voxel >= 0)
+    point_rank = np.full(len(point_voxel), -1, np.int64)
+    point_rank[kept_points] = np.arange(len(kept_points))
+    return Voxels(coords=vox.coords[keep], offset=vox.offset, spatial_shape=vox.spatial_shape,
+                  point_to_voxel=point_voxel[kept_points], voxel_to_point=point_rank[vox.voxel_to_point[keep]],
+                  features=None if vox.features is None else vox.features[keep],
+                  labels=None if vox.labels is None else vox.labels[keep]), kept_points
+
+
 def _majority(point_to_voxel: np.ndarray, labels: np.ndarray, num_voxels: int, ignore_index: int) -> np.ndarray:
     """Most frequent non-ignored label per voxel, ties to the smallest id; all-ignored voxels -> ignore_index."""
     out = np.full(num_voxels, ignore_index, dtype=labels.dtype)

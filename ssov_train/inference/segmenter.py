@@ -9,8 +9,8 @@ from typing import Optional
 import numpy as np
 
 from ..afi import AFIConfig, StreamingAFI, TemporalConfig
-from ..errors import DataError
-from ..geometry.voxelize import voxelize
+from ..errors import ConfigError, DataError
+from ..geometry.voxelize import nearest_voxels, voxelize
 from .backends import Backend
 
 IGNORE_LOGIT = -1e6  # class 0 ("ignore") is never predicted, as in training-time evaluation
@@ -37,6 +37,10 @@ class Inferred:
     features: Optional[np.ndarray]  # (N, D) float32 for feature (TMP) models
     num_voxels: int
     timings_ms: dict  # stage -> milliseconds of voxelize, network (kernel maps), softmax
+    # the voxel budget (Segmenter max_voxels): indices of the points segmented (xyz/probs/features hold those
+    # only) among num_points; None: every point
+    kept: Optional[np.ndarray] = None
+    num_points: int = 0
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,7 +61,9 @@ def class_probs(logits: np.ndarray) -> np.ndarray:
 class Segmenter:
     """Wraps a :class:`Backend` with the input features, the voxelizer and AFI.
 
-    ``afi``: None turns AFI off.  With ``temporal`` set, AFI is streaming (:class:`StreamingAFI`): frames given a
+    ``afi``: None turns AFI off.  ``max_voxels`` is the budget of dense sensors: a scan with more voxels keeps
+    the ``max_voxels`` nearest (:func:`~ssov_train.geometry.voxelize.nearest_voxels`, a per-scan range cut); the
+    points beyond get label 0 ("ignore": not segmented) and score 0 (docs/performance.md "Scale").  With ``temporal`` set, AFI is streaming (:class:`StreamingAFI`): frames given a
     ``pose`` vote for their successors; without a pose a frame is refined on its own.
 
     :meth:`segment` is :meth:`infer` (network, backend state only) then :meth:`refine` (AFI, AFI state only): the
@@ -65,7 +71,10 @@ class Segmenter:
     """
 
     def __init__(self, backend: Backend, afi: Optional[AFIConfig] = None,
-                 temporal: Optional[TemporalConfig] = None):
+                 temporal: Optional[TemporalConfig] = None, max_voxels: Optional[int] = None):
+        if max_voxels is not None and int(max_voxels) < 1:
+            raise ConfigError(f"max_voxels must be >= 1 (or None: no budget), got {max_voxels}")
+        self.max_voxels = None if max_voxels is None else int(max_voxels)
         self.backend = backend
         self.spec = backend.spec
         self.afi: Optional[StreamingAFI] = self.build_afi(afi, temporal)
@@ -124,6 +133,10 @@ class Segmenter:
             raise DataError(f"segment: intensity must be ({len(xyz)},), got {intensity.shape}")
         feats = self.spec.point_features(intensity)
         vox = voxelize(xyz, self.spec.voxel, features=feats)
+        num_points, kept = len(xyz), None
+        if self.max_voxels is not None and vox.num_voxels > self.max_voxels:
+            vox, kept = nearest_voxels(vox, xyz, self.max_voxels)
+            xyz = xyz[kept]
         timings["voxelize"] = _ms(t)
 
         t = time.perf_counter()
@@ -135,11 +148,11 @@ class Segmenter:
             raise DataError(f"backend {self.backend.name} returned {out.shape[0]} rows for {vox.num_voxels} voxels")
 
         if not self.spec.has_classes:
-            return Inferred(xyz, None, out[vox.point_to_voxel], vox.num_voxels, timings)
+            return Inferred(xyz, None, out[vox.point_to_voxel], vox.num_voxels, timings, kept, num_points)
         t = time.perf_counter()
         probs = class_probs(out)[vox.point_to_voxel]
         timings["softmax"] = _ms(t)
-        return Inferred(xyz, probs, None, vox.num_voxels, timings)
+        return Inferred(xyz, probs, None, vox.num_voxels, timings, kept, num_points)
 
     def refine(self, inferred: Inferred, pose: Optional[np.ndarray] = None,
                keep_probs: bool = False) -> Segmentation:
@@ -147,8 +160,8 @@ class Segmenter:
         the order they were taken: streaming AFI keeps the previous ones."""
         timings = dict(inferred.timings_ms)
         if inferred.probs is None:
-            return Segmentation(None, None, features=inferred.features, num_voxels=inferred.num_voxels,
-                                timings_ms=timings)
+            return Segmentation(None, None, features=_all_points(inferred, inferred.features),
+                                num_voxels=inferred.num_voxels, timings_ms=timings)
         probs = inferred.probs
         afi = self.afi  # read once: another thread may swap it (build_afi)
         if afi is not None:
@@ -158,8 +171,18 @@ class Segmenter:
         else:
             labels = probs.argmax(1)
         scores = probs[np.arange(len(labels)), labels].astype(np.float32)
-        return Segmentation(labels.astype(np.int64), scores, probs if keep_probs else None,
+        return Segmentation(_all_points(inferred, labels.astype(np.int64)), _all_points(inferred, scores),
+                            _all_points(inferred, probs) if keep_probs else None,
                             num_voxels=inferred.num_voxels, timings_ms=timings)
+
+
+def _all_points(inferred: Inferred, values: np.ndarray) -> np.ndarray:
+    """Per-point values over every input point: zeros (label 0, score 0) for points the voxel budget left out."""
+    if inferred.kept is None:
+        return values
+    out = np.zeros((inferred.num_points, *values.shape[1:]), values.dtype)
+    out[inferred.kept] = values
+    return out
 
 
 def _ms(t0: float) -> float:

@@ -89,3 +89,34 @@ def test_trtexec_equivalent(pkg):
         shapes = cmd.split(flag)[1].split(" ")[0].split(",")
         assert [s.split(":")[0] for s in shapes] == ["features", *input_names()]
     assert "--fp16" not in eng.trtexec_command(pkg, "fp32")
+
+
+def load_bench_clouds():
+    """bench/clouds.py (dense-sensor clouds from the real sweep), the scale bench's generator."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "clouds.py"
+    spec = importlib.util.spec_from_file_location("bench_clouds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_profile_admits_a_128_beam_scan(pkg, real_sweep):
+    """The export's default profile covers a 128-beam x 2048-column scan; the former default (4x the sample's
+    voxels) refused a real 128-beam sweep (93,122 voxels, issue 14)."""
+    v_min, v_opt, v_max = pkg.profile["num_voxels"]
+    assert (v_min, v_max) == (1024, eng.SENSOR_MAX_POINTS) == (1024, 128 * 2048) and v_opt < 20_000
+    xyz, intensity = load_bench_clouds().dense_cloud(*real_sweep, eng.SENSOR_MAX_POINTS)  # 262,144 points
+    vox = voxelize(xyz, pkg.spec.voxel, features=intensity)
+    assert vox.num_voxels > 93_122
+    feeds = {"features": vox.features, **build_kernel_maps(vox.coords, pkg.chunks).inputs()}
+    eng.check_shapes(eng.derive_profiles(pkg), feeds)  # every input fits
+    old = dataclasses.replace(pkg, sidecar={**pkg.sidecar, "profile": {**pkg.profile,
+                                                                        "num_voxels": [v_min, v_opt, 4 * v_opt]}})
+    with pytest.raises(DataError, match="does not fit the TensorRT profile"):
+        eng.check_shapes(eng.derive_profiles(old), feeds)
+    # the bound is points: no single-return scan of that sensor can have more voxels than this
+    assert eng.default_profile(v_opt) == (1024, v_opt, 128 * 2048)
+    assert eng.default_profile(500, max_voxels=400) == (500, 500, 500)

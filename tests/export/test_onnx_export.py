@@ -92,6 +92,20 @@ def test_cli_exports_and_checks(tmp_path, small_checkpoint, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_cli_profile_flags(capsys):
+    from ssov_export.cli import build_parser
+    from ssov_export.engine import SENSOR_MAX_POINTS
+
+    parser = build_parser()
+    base = ["onnx", "--checkpoint", "a.pt", "--out", "p"]
+    assert parser.parse_args(base).max_voxels == SENSOR_MAX_POINTS == 262_144
+    assert parser.parse_args([*base, "--max-voxels", "460800"]).max_voxels == 460_800
+    for bad in (["--max-voxels", "0"], ["--max-voxels", "many"], ["--max-voxels", "9", "--profile", "1,2,3"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, *bad])
+    assert "--max-voxels" in capsys.readouterr().err
+
+
 def test_evaluation_on_a_package_matches_the_checkpoint(tmp_path, synthetic_world, small_checkpoint, small_package):
     from ssov_train.config import from_dict
     from ssov_train.errors import ConfigError
