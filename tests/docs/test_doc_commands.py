@@ -1,0 +1,85 @@
+"""Every shell block of README.md and docs/*.md runs as written (blocks of one file in order, in a scratch copy of
+the repository, so `runs/` and `demo_out/` of the checkout are untouched); a block marked
+`<!-- doc-test: skip (reason) -->` is checked for syntax and for the repository paths it names."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from doc_blocks import REPO, blocks, doc_files, missing_paths, repo_paths
+
+ALL = [b for doc in doc_files() for b in blocks(doc)]
+RUN = [b for b in ALL if b.skip_reason is None]
+SKIPPED = [b for b in ALL if b.skip_reason is not None]
+VENV_BIN = Path(sys.executable).parent
+_workspaces: dict[Path, Path] = {}
+
+
+def _workspace(doc: Path, tmp_path_factory) -> Path:
+    """One scratch repository per documentation file: its blocks build on each other (synth, then teach, ...)."""
+    if doc not in _workspaces:
+        ws = tmp_path_factory.mktemp(doc.stem)
+        tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        for top in sorted({line.split("/", 1)[0] for line in tracked.splitlines()}):
+            if top != "models":
+                (ws / top).symlink_to(REPO / top)
+        (ws / "models").mkdir()  # outputs written into models/ (an exported package) stay in the scratch copy
+        for entry in (REPO / "models").iterdir():
+            (ws / "models" / entry.name).symlink_to(entry)
+        (ws / ".venv").symlink_to(Path(sys.prefix))
+        _workspaces[doc] = ws
+    return _workspaces[doc]
+
+
+def test_blocks_are_found_and_the_heavy_ones_say_why():
+    docs = {b.doc.name for b in ALL}
+    assert {"README.md", "training.md", "ros.md", "export.md"} <= docs
+    assert RUN and SKIPPED
+    for b in SKIPPED:
+        assert len(b.skip_reason) >= 8, f"{b.id}: say why the block is not run"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("block", RUN, ids=lambda b: b.id)
+def test_documented_block_runs(block, tmp_path_factory):
+    ws = _workspace(block.doc, tmp_path_factory)
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=ws, env=env,
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, (f"{block.id} exited {proc.returncode}\n--- block\n{block.text}"
+                                  f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("block", SKIPPED, ids=lambda b: b.id)
+def test_skipped_block_parses_and_names_existing_paths(block):
+    proc = subprocess.run(["bash", "-n"], input=block.text, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{block.id}: {proc.stderr}"
+    assert not missing_paths(block.text), f"{block.id} names paths the repository does not have"
+
+
+def test_path_check_catches_a_missing_file():
+    text = "ssov-train pretrain --cfg config/pretrain_sann.yaml  # config/not_checked.yaml\nls rosbags/nuscenes_sample\n"
+    assert repo_paths(text) == ["config/pretrain_sann.yaml", "rosbags/nuscenes_sample"]
+    assert missing_paths(text) == ["config/pretrain_sann.yaml"]
+    assert missing_paths("ssov-export check models/ssov_synthetic_minkunet34c_w025.ssovpkg") == []
+    assert missing_paths("ssov-export check models/nothing.ssovpkg") == ["models/nothing.ssovpkg"]
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("doc", doc_files() + [REPO / d / "README.md" for d in ("models", "launch", "rosbags")],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_everything_a_doc_cites_is_in_the_repository(doc):
+    text = doc.read_text()
+    for target, _ in LINK.findall(text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is not in the repository"
+    # the project's working notes live outside the repository: user docs must not send readers there
+    for outside in ("../shared", "deps.md", "peers.md", "ros2.md", "architecture.md"):
+        assert outside not in text, f"{doc.name} cites {outside}, which is not in the repository"
