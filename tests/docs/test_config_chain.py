@@ -78,3 +78,16 @@ def test_no_stage_writes_into_a_tracked_folder():
     for name, out in written:
         assert Path(out).parts[0] == "runs", f"{name} writes to {out}, outside runs/"
         assert not _tracked(Path(out)), f"{name} writes into tracked {out}"
+
+
+def test_evaluate_writes_into_the_run_directory_never_beside_a_model_elsewhere(monkeypatch, tmp_path):
+    from ssov_train.cli import _default_eval_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _train("annotation_free_synthetic")  # output: runs/synthetic/annotation_free, eval_split: val
+    run = Path("runs/synthetic/annotation_free")
+    assert _default_eval_dir(cfg, run / "last.pt", afi=False) == run / "eval_val"
+    assert _default_eval_dir(cfg, run / "epoch_002.pt", afi=True) == run / "eval_val_afi"
+    demo = Path("models/ssov_synthetic_minkunet34c_w025.ssovpkg")
+    assert _default_eval_dir(cfg, demo, afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
+    assert _default_eval_dir(cfg, demo / "model.yaml", afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
