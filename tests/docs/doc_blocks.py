@@ -21,7 +21,7 @@ SKIP = re.compile(r"^<!--\s*doc-test:\s*skip\s*\((.+)\)\s*-->\s*$")
 # tracked top-level folders whose paths a command may name; a path under them must exist in the repository
 TRACKED_ROOTS = ("config", "launch", "rosbags", "tools", "bench", "docs", "tests", "models", "ssov_train",
                  "ssov_ros", "ssov_export", "data/nuscenes_sample")
-PATH = re.compile(r"(?<![\w/.$~-])((?:%s)/[\w./*-]*[\w*])" % "|".join(re.escape(r) for r in TRACKED_ROOTS))
+PATH = re.compile(r"(?:(?<=\$PWD/)|(?<![\w/.$~-]))((?:%s)/[\w./*-]*[\w*])" % "|".join(re.escape(r) for r in TRACKED_ROOTS))
 
 
 @dataclass

@@ -4,6 +4,7 @@ the repository, so `runs/` and `demo_out/` of the checkout are untouched); a blo
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ ALL = [b for doc in doc_files() for b in blocks(doc)]
 RUN = [b for b in ALL if b.skip_reason is None]
 SKIPPED = [b for b in ALL if b.skip_reason is not None]
 VENV_BIN = Path(sys.executable).parent
+BLOCK_TIMEOUT_S = 300  # a block at the documented tiny sizes takes well under a minute on two cores
 _workspaces: dict[Path, Path] = {}
 
 
@@ -43,15 +45,21 @@ def test_blocks_are_found_and_the_heavy_ones_say_why():
         assert len(b.skip_reason) >= 8, f"{b.id}: say why the block is not run"
 
 
-@pytest.mark.timeout(600)
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.id)
 def test_documented_block_runs(block, tmp_path_factory):
     ws = _workspace(block.doc, tmp_path_factory)
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=ws, env=env,
-                          capture_output=True, text=True, timeout=540)
+    # its own process group, so that a block that hangs is stopped with everything it started
+    proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=ws, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BLOCK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{block.id} still running after {BLOCK_TIMEOUT_S} s\n{err[-3000:]}")
     assert proc.returncode == 0, (f"{block.id} exited {proc.returncode}\n--- block\n{block.text}"
-                                  f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}")
+                                  f"--- stdout (tail)\n{out[-3000:]}\n--- stderr (tail)\n{err[-3000:]}")
 
 
 @pytest.mark.parametrize("block", SKIPPED, ids=lambda b: b.id)
@@ -62,9 +70,10 @@ def test_skipped_block_parses_and_names_existing_paths(block):
 
 
 def test_path_check_catches_a_missing_file():
-    text = "ssov-train pretrain --cfg config/pretrain_sann.yaml  # config/not_checked.yaml\nls rosbags/nuscenes_sample\n"
-    assert repo_paths(text) == ["config/pretrain_sann.yaml", "rosbags/nuscenes_sample"]
-    assert missing_paths(text) == ["config/pretrain_sann.yaml"]
+    text = ("ssov-train pretrain --cfg config/pretrain_sann.yaml  # config/not_checked.yaml\nls rosbags/nuscenes_sample\n"
+            "ros2 launch ssov_ros replay.launch.py bag:=$PWD/rosbags/nuscenes_samplee ~/config/x.yaml\n")
+    assert repo_paths(text) == ["config/pretrain_sann.yaml", "rosbags/nuscenes_sample", "rosbags/nuscenes_samplee"]
+    assert missing_paths(text) == ["config/pretrain_sann.yaml", "rosbags/nuscenes_samplee"]
     assert missing_paths("ssov-export check models/ssov_synthetic_minkunet34c_w025.ssovpkg") == []
     assert missing_paths("ssov-export check models/nothing.ssovpkg") == ["models/nothing.ssovpkg"]
 
