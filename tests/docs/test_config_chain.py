@@ -91,3 +91,4 @@ def test_evaluate_writes_into_the_run_directory_never_beside_a_model_elsewhere(m
     demo = Path("models/ssov_synthetic_minkunet34c_w025.ssovpkg")
     assert _default_eval_dir(cfg, demo, afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
     assert _default_eval_dir(cfg, demo / "model.yaml", afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
+
