@@ -1,4 +1,5 @@
-"""The shell blocks of the user documentation (README.md, docs/*.md), as the doc tests run them.
+"""The shell blocks of the user documentation (README.md, docs/*.md, the data folders' READMEs), as the doc
+tests run them.
 
 A block is a fenced ```bash block. A block that cannot run here (a GPU, TensorRT, nuScenes, teacher weights, a
 ROS 2 install) is preceded by a marker comment saying why, and is then only checked for syntax and for the
@@ -37,7 +38,9 @@ class Block:
 
 
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """The user documentation: the front README, docs/, and the READMEs of the data folders."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+            *(REPO / d / "README.md" for d in ("models", "launch", "rosbags"))]
 
 
 def blocks(doc: Path) -> list[Block]:

@@ -1,6 +1,6 @@
-"""Every shell block of README.md and docs/*.md runs as written (blocks of one file in order, in a scratch copy of
-the repository, so `runs/` and `demo_out/` of the checkout are untouched); a block marked
-`<!-- doc-test: skip (reason) -->` is checked for syntax and for the repository paths it names."""
+"""Every shell block of the user documentation (doc_blocks.doc_files) runs as written: the blocks of one file in
+order, in a scratch copy of the repository, so `runs/` and `demo_out/` of the checkout are untouched. A block
+marked `<!-- doc-test: skip (reason) -->` is checked for syntax and for the repository paths it names."""
 
 import os
 import re
@@ -81,8 +81,7 @@ def test_path_check_catches_a_missing_file():
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
 
-@pytest.mark.parametrize("doc", doc_files() + [REPO / d / "README.md" for d in ("models", "launch", "rosbags")],
-                         ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_everything_a_doc_cites_is_in_the_repository(doc):
     text = doc.read_text()
     for target, _ in LINK.findall(text):
