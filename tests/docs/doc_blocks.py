@@ -43,8 +43,9 @@ def doc_files() -> list[Path]:
             *(REPO / d / "README.md" for d in ("models", "launch", "rosbags"))]
 
 
-def blocks(doc: Path) -> list[Block]:
-    """Every ```bash block of ``doc`` in order, with the skip reason of a marker on the line before it."""
+def blocks(doc: Path, languages: tuple[str, ...] = ("bash", "sh", "shell")) -> list[Block]:
+    """Every fenced block of ``doc`` in one of ``languages``, in order, with the skip reason of a marker on the line
+    before it."""
     out: list[Block] = []
     lines = doc.read_text().splitlines()
     i = 0
@@ -56,7 +57,7 @@ def blocks(doc: Path) -> list[Block]:
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)
         if end is None:
             raise ValueError(f"{doc}:{i + 1}: unclosed code fence")
-        if m.group(1) in ("bash", "sh", "shell"):
+        if m.group(1) in languages:
             marker = SKIP.match(lines[i - 1]) if i > 0 else None
             out.append(Block(doc, i + 1, "\n".join(lines[i + 1:end]) + "\n", marker.group(1) if marker else None))
         i = end + 1

@@ -78,6 +78,19 @@ def test_path_check_catches_a_missing_file():
     assert missing_paths("ssov-export check models/nothing.ssovpkg") == ["models/nothing.ssovpkg"]
 
 
+PARAMS_BLOCKS = [b for doc in doc_files() for b in blocks(doc, ("yaml",)) if "ros__parameters" in b.text]
+
+
+@pytest.mark.parametrize("block", PARAMS_BLOCKS, ids=lambda b: b.id)
+def test_documented_node_parameters_are_what_the_node_accepts(block, tmp_path):
+    """A params-file example loads as the node loads its params file: names, types and ranges checked."""
+    from ssov_ros.params import load_params_file
+
+    path = tmp_path / "params.yaml"
+    path.write_text(block.text)
+    load_params_file(path)
+
+
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
 
