@@ -1,7 +1,6 @@
 """docs/parameters.md is generated from the node's declared parameters and is current."""
 
 import json
-import subprocess
 import sys
 
 from doc_blocks import REPO
@@ -12,10 +11,8 @@ sys.path.insert(0, str(REPO / "tools"))
 import gen_param_docs  # noqa: E402
 
 
-def test_parameters_doc_is_current():
-    proc = subprocess.run([sys.executable, "tools/gen_param_docs.py", "--check"], cwd=REPO, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
+def test_parameters_doc_is_current(capsys):
+    assert gen_param_docs.main(["--check"]) == 0, capsys.readouterr().err
 
 
 def test_every_declared_parameter_is_documented_with_its_default_and_a_meaning():
