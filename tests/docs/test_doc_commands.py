@@ -45,6 +45,14 @@ def test_blocks_are_found_and_the_heavy_ones_say_why():
         assert len(b.skip_reason) >= 8, f"{b.id}: say why the block is not run"
 
 
+def test_private_topic_remaps_are_quoted():
+    """`-r ~/input/points:=/x` unquoted: bash expands `~` to the home directory and the node hears nothing."""
+    unquoted = re.compile(r"(?:-r|--remap)\s+~")
+    assert unquoted.search("ros2 run ssov_ros ssov_segmenter --ros-args -r ~/input/points:=/points")
+    assert not unquoted.search("ros2 run ssov_ros ssov_segmenter --ros-args -r '~/input/points:=/points'")
+    assert [b.id for b in ALL if unquoted.search(b.text)] == []
+
+
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.id)
 def test_documented_block_runs(block, tmp_path_factory):
     ws = _workspace(block.doc, tmp_path_factory)
