@@ -102,13 +102,21 @@ def test_documented_node_parameters_are_what_the_node_accepts(block, tmp_path):
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
 
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", doc.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("doc", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_everything_a_doc_cites_is_in_the_repository(doc):
     text = doc.read_text()
-    for target, _ in LINK.findall(text):
+    for target, fragment in LINK.findall(text):
         if re.match(r"[a-z]+://", target):
             continue
         assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is not in the repository"
+        if fragment and target.endswith(".md"):
+            assert fragment[1:] in _anchors(doc.parent / target), f"{doc.name}: no heading {fragment} in {target}"
     # the project's working notes live outside the repository: user docs must not send readers there
     for outside in ("../shared", "deps.md", "peers.md", "ros2.md", "architecture.md"):
         assert outside not in text, f"{doc.name} cites {outside}, which is not in the repository"
