@@ -58,7 +58,10 @@ def cmd_check(args) -> int:
     from .package import load_package
 
     pkg = load_package(args.package)
-    print(f"{pkg.root}: sidecar ok, sha256 {pkg.onnx_sha256[:16]}... ok, {pkg.spec.num_classes} classes, "
+    # class 0 is "ignore" (never predicted): the evaluation classes are the others, as everywhere else
+    classes = (f"{pkg.spec.num_classes - 1} classes + ignore" if pkg.spec.has_classes
+               else "feature model (no classes)")
+    print(f"{pkg.root}: sidecar ok, sha256 {pkg.onnx_sha256[:16]}... ok, {classes}, "
           f"voxel {pkg.spec.voxel.mode} {pkg.spec.voxel.size}, profile {pkg.profile['num_voxels']}")
     problems = check_onnx(onnx.load(str(pkg.onnx_path)))
     print("TensorRT readiness: " + ("ok (opset, ops, int32 index inputs, named dynamic axes)" if not problems

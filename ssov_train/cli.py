@@ -170,6 +170,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _default_eval_dir(cfg, model: Path, afi: bool) -> Path:
+    """eval_<split>[_afi] in the config's run directory: next to a model of that run, else named after the model
+    (a model elsewhere, e.g. a package in the tracked models/, must not get its results written beside it)."""
+    run_dir = Path(cfg.output)
+    name = f"eval_{cfg.eval_split}" + ("_afi" if afi else "")
+    if run_dir.resolve() in model.resolve().parents:
+        return run_dir / name
+    named = model.parent if model.suffix in (".yaml", ".onnx") else model  # a package given by its model.yaml
+    return run_dir / f"{name}_{named.name.split('.')[0]}"
+
+
 def cmd_evaluate(args) -> int:
     from .training.stages import run_evaluation
 
@@ -178,8 +189,9 @@ def cmd_evaluate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError("evaluate: give the model with --model (or --resume-path)")
-    metrics = run_evaluation(cfg, Path(args.model or args.resume_path), Path(args.out) if args.out else None,
-                             afi=args.afi, backend=args.backend)
+    model = Path(args.model or args.resume_path)
+    out = Path(args.out) if args.out else _default_eval_dir(cfg, model, args.afi)
+    metrics = run_evaluation(cfg, model, out, afi=args.afi, backend=args.backend)
     miou = metrics["miou"]
     print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {metrics['num_scans']} scans "
           f"-> {metrics['files']['json']}")
@@ -276,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate")
     ev.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
-    ev.add_argument("--out", help="output directory (default: eval_<split>[_afi] next to the checkpoint)")
+    ev.add_argument("--out", help="output directory (default: eval_<split>[_afi][_<model>] in the config's output "
+                                    "directory)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
     q = sub.add_parser("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
