@@ -52,6 +52,7 @@ class PipelineParams:
 class InputParams:
     intensity_scale: float = 1.0  # multiplies the cloud's intensity to the model's training range
     drop_invalid_points: bool = False  # NaN/Inf points: False = published with label 0, True = removed
+    zero_points_invalid: bool = True  # points at exactly (0, 0, 0), many drivers' "no return", are invalid too
     max_range: float = 300.0  # metres from the sensor; farther points are invalid too (corrupt or not lidar)
 
 
