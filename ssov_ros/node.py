@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -108,6 +108,7 @@ class _Frame:
     timings: dict
     t0: float
     posed: bool = False
+    late_cameras: list = field(default_factory=list)  # cameras without an image at arrival: matched again later
     front_ms: float = 0.0  # callback time (read + network) when pipelined
 
 
@@ -141,6 +142,7 @@ class SegmenterNode(Node):
         self._rgb_lut = rgb_packed(self._lut)  # packed RViz colour per class, once rather than per point per cloud
         self.tf = TransformBuffer(extrapolation_ns=int(self.cfg.temporal.pose_tolerance_s * 1e9))
         self._time_jump = TimeJumpDetector()
+        self._odom_time_jump = TimeJumpDetector()
         self._odom_frames: Optional[tuple[str, str]] = None  # (parent, child) of the last accepted odometry
         self._odom_last_rejected = ""  # why the latest odometry message was rejected ("" = it was taken)
         self._stats = {"frames": 0, "dropped": 0, "over_budget": 0, "last_ms": 0.0, "last_drop": "",
@@ -294,6 +296,8 @@ class SegmenterNode(Node):
             self._camera_notes[name] = note
 
     def on_odometry(self, msg: Odometry) -> None:
+        if self._odom_time_jump.jumped_back(stamp_ns(msg.header.stamp)):
+            self.tf.clear()  # a bag restarted: the previous pass's poses would be mixed with this one's
         try:
             frames = self.tf.add_odometry(msg)
         except (ValueError, AttributeError) as exc:
@@ -427,8 +431,10 @@ class SegmenterNode(Node):
                                       throttle_duration_sec=self.cfg.output.warn_throttle_s)
         if self._time_jump.jumped_back(t_ns):  # a bag restarted: nothing before now can be aligned
             (self.pipeline or self.segmenter).reset()  # the pipeline resets in order, before this cloud's AFI
-            self.tf.clear()
-            self.sync.clear()
+            # poses and images of the restarted bag may have arrived just before this cloud: only what lies in
+            # its future (from the previous pass) goes
+            self.tf.clear(after_ns=t_ns + self.tf.extrapolation_ns)
+            self.sync.clear(after_ns=t_ns + self.sync.tolerance_ns)
         timings = {"read": (time.perf_counter() - t0) * 1000}
 
         pose = self._pose(frame, t_ns) if frame else None
@@ -436,9 +442,11 @@ class SegmenterNode(Node):
         intensity = self._model_intensity(cloud, valid_idx)
         query = self._query
         keep_probs = query is not None and query.needs_probs
-        # cameras are matched here, at the cloud's arrival, against the images received so far
-        cameras = self._match_cameras(t_ns, frame) if self.cfg.cameras.names else []
-        ctx = _Frame(msg.header, cloud, valid_idx, xyz, t_ns, query, cameras, timings, t0, posed=pose is not None)
+        # cameras are matched at the cloud's arrival (their queues hold the latest few images only); one whose image
+        # of this instant is still on its way is matched again before publishing
+        cameras, late = self._match_cameras(t_ns, frame, self.cfg.cameras.names, report=False)
+        ctx = _Frame(msg.header, cloud, valid_idx, xyz, t_ns, query, cameras, timings, t0, posed=pose is not None,
+                     late_cameras=late)
         if self.pipeline is not None:
             self.pipeline.submit(xyz, intensity, pose=pose, keep_probs=keep_probs, context=ctx)
             ctx.front_ms = (time.perf_counter() - t0) * 1000
@@ -499,9 +507,12 @@ class SegmenterNode(Node):
             self._publish_legend(frame)  # follows the clouds' frame; never latched to an empty one
         timings["publish"] = (time.perf_counter() - t) * 1000
 
-        if ctx.cameras:
+        cameras = ctx.cameras
+        if ctx.late_cameras:
+            cameras = cameras + self._match_cameras(ctx.t_ns, frame, ctx.late_cameras, report=True)[0]
+        if cameras:
             t = time.perf_counter()
-            self._publish_overlays(ctx.cameras, ctx.xyz, labels[valid_idx])
+            self._publish_overlays(cameras, ctx.xyz, labels[valid_idx])
             timings["overlay"] = (time.perf_counter() - t) * 1000
 
         total = (time.perf_counter() - ctx.t0) * 1000  # cloud arrival to published, hand-off wait included
@@ -542,7 +553,9 @@ class SegmenterNode(Node):
                 base = tcfg.base_frame or (odom[1] if odom else "")
                 if base and base != frame and frame not in self.tf.frames():
                     self.tf.set_static(base, frame, xyz_quat_matrix(tcfg.sensor_to_base))
-            pose = self.tf.lookup(fixed, frame, t_ns)
+            # the odometry of the cloud's instant may still be on its way (another callback thread): wait for it
+            # up to the pose tolerance, once poses flow at all
+            pose = self.tf.wait_lookup(fixed, frame, t_ns, tcfg.pose_tolerance_s if odom or self._tf_available else 0)
             if pose is None:
                 reason = (f"no transform {fixed} <- {frame} at the cloud time ("
                           + (f"the latest odometry was rejected: {rejected})" if rejected else
@@ -551,17 +564,19 @@ class SegmenterNode(Node):
             self._stats["unposed_reason"] = reason
         return pose
 
-    def _match_cameras(self, t_ns: int, frame: str) -> list:
-        """(name, camera_info, image, lidar_to_camera or why not) of each camera; a camera without an image near
-        t_ns or without camera_info is skipped (counted, with the reason)."""
-        matches = []
-        for name in self.cfg.cameras.names:
+    def _match_cameras(self, t_ns: int, frame: str, names, report: bool) -> tuple[list, list]:
+        """(name, camera_info, image, lidar_to_camera or why not) of each camera in ``names`` with an image near
+        t_ns, and the names of those without one (counted as skipped overlays, with the reason, if ``report``)."""
+        matches, missing = [], []
+        for name in names:
             info = self._camera_info.get(name)
             hit = self.sync.match(t_ns, [name])
             if info is None or hit is None:
-                self._skip_overlay(name, self._camera_notes.get(name) or (
-                    "no camera_info received" if info is None else
-                    f"no image within {self.cfg.cameras.sync_tolerance_s:g} s of the cloud"))
+                missing.append(name)
+                if report:
+                    self._skip_overlay(name, self._camera_notes.get(name) or (
+                        "no camera_info received" if info is None else
+                        f"no image within {self.cfg.cameras.sync_tolerance_s:g} s of the cloud"))
                 continue
             img_msg = hit[name]
             l2c = self._lidar_to_camera.get(name)
@@ -571,7 +586,7 @@ class SegmenterNode(Node):
                     l2c = (f"no transform {info.header.frame_id} <- {frame or '(cloud without frame_id)'} "
                            f"(set cameras.lidar_to_camera or publish /tf_static)")
             matches.append((name, info, img_msg, l2c))
-        return matches
+        return matches, missing
 
     def _skip_overlay(self, name: str, reason: str) -> None:
         with self._lock:

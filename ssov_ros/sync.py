@@ -28,9 +28,10 @@ class StampedQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._stamps)
 
-    def clear(self) -> None:
-        self._stamps.clear()
-        self._items.clear()
+    def clear(self, after_ns: Optional[int] = None) -> None:
+        """Forget every item, or with ``after_ns`` those stamped later than it."""
+        keep = 0 if after_ns is None else bisect.bisect_right(self._stamps, after_ns)
+        del self._stamps[keep:], self._items[keep:]
 
     def push(self, t_ns: int, item: T) -> None:
         i = bisect.bisect_right(self._stamps, t_ns)
@@ -79,7 +80,8 @@ class ApproximateSync:
                 out[name] = hit[1]
         return out
 
-    def clear(self) -> None:
+    def clear(self, after_ns: Optional[int] = None) -> None:
+        """Forget every item, or with ``after_ns`` those stamped later than it."""
         with self._lock:
             for q in self._streams.values():
-                q.clear()
+                q.clear(after_ns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -90,13 +91,15 @@ class TransformBuffer:
         self.extrapolation_ns = int(extrapolation_ns)
         self._edges: dict[str, tuple[str, _Edge]] = {}  # child -> (parent, edge)
         self._lock = threading.RLock()
+        self._added = threading.Condition(self._lock)  # notified on every new sample (wait_lookup)
 
-    def clear(self) -> None:
-        """Forget the dynamic samples (static transforms stay), e.g. after time jumped backwards."""
+    def clear(self, after_ns: Optional[int] = None) -> None:
+        """Forget the dynamic samples (static transforms stay), e.g. after time jumped backwards; with
+        ``after_ns`` only those stamped later than it (what a restarted bag has not reached yet)."""
         with self._lock:
             for _, edge in self._edges.values():
-                edge.times.clear()
-                edge.mats.clear()
+                keep = 0 if after_ns is None else bisect.bisect_right(edge.times, after_ns)
+                del edge.times[keep:], edge.mats[keep:]
 
     def _edge(self, parent: str, child: str) -> _Edge:
         if not parent or not child or parent == child:
@@ -112,6 +115,7 @@ class TransformBuffer:
             edge.static = np.asarray(matrix, dtype=np.float64)
             edge.times.clear()
             edge.mats.clear()
+            self._added.notify_all()
 
     def add(self, parent: str, child: str, t_ns: int, matrix: np.ndarray) -> None:
         """A time-stamped parent <- child transform; out-of-order samples are inserted in place."""
@@ -121,12 +125,13 @@ class TransformBuffer:
             i = bisect.bisect_right(edge.times, t_ns)
             if i > 0 and edge.times[i - 1] == t_ns:
                 edge.mats[i - 1] = np.asarray(matrix, dtype=np.float64)
-                return
-            edge.times.insert(i, int(t_ns))
-            edge.mats.insert(i, np.asarray(matrix, dtype=np.float64))
-            cut = bisect.bisect_left(edge.times, edge.times[-1] - self.cache_ns)
-            if cut:
-                del edge.times[:cut], edge.mats[:cut]
+            else:
+                edge.times.insert(i, int(t_ns))
+                edge.mats.insert(i, np.asarray(matrix, dtype=np.float64))
+                cut = bisect.bisect_left(edge.times, edge.times[-1] - self.cache_ns)
+                if cut:
+                    del edge.times[:cut], edge.mats[:cut]
+            self._added.notify_all()
 
     def _at(self, edge: _Edge, t_ns: int) -> Optional[np.ndarray]:
         if edge.static is not None:
@@ -167,6 +172,18 @@ class TransformBuffer:
         if s_m is None or t_m is None:
             return None
         return invert(t_m) @ s_m
+
+    def wait_lookup(self, target: str, source: str, t_ns: int, timeout_s: float) -> Optional[np.ndarray]:
+        """:meth:`lookup`, waiting up to ``timeout_s`` for the samples that make it possible (as tf2's
+        waitForTransform: the pose of a cloud's instant may arrive just after the cloud, from another thread)."""
+        deadline = time.monotonic() + timeout_s
+        with self._added:
+            while True:
+                pose = self.lookup(target, source, t_ns)
+                remaining = deadline - time.monotonic()
+                if pose is not None or remaining <= 0:
+                    return pose
+                self._added.wait(remaining)
 
     def can_transform(self, target: str, source: str, t_ns: int) -> bool:
         return self.lookup(target, source, t_ns) is not None

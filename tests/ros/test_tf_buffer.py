@@ -95,3 +95,28 @@ def test_xyz_quat_matrix_checks_its_input():
 def test_time_jump_detector():
     d = TimeJumpDetector(tolerance_ns=S)
     assert not d.jumped_back(10 * S) and not d.jumped_back(int(9.5 * S)) and d.jumped_back(2 * S)
+
+
+def test_clear_after_keeps_what_a_restarted_bag_already_sent():
+    buf = TransformBuffer(extrapolation_ns=0)
+    for t in range(10):
+        buf.add("odom", "base", t * 100, np.eye(4))
+    buf.set_static("base", "lidar", np.eye(4))
+    buf.clear(after_ns=300)  # samples at 0..300 stay, 400..900 go; the static link stays
+    assert buf.lookup("odom", "lidar", 300) is not None and buf.lookup("odom", "lidar", 400) is None
+    buf.clear()
+    assert buf.lookup("odom", "base", 0) is None and buf.lookup("base", "lidar", 5) is not None
+
+
+def test_wait_lookup_takes_a_sample_added_by_another_thread():
+    import threading
+
+    buf = TransformBuffer(extrapolation_ns=0)
+    buf.add("odom", "base", 0, np.eye(4))
+    assert buf.wait_lookup("odom", "base", 100, 0.0) is None  # no sample at 100 yet, no waiting
+    later = make_transform(np.eye(3), np.array([2.0, 0.0, 0.0]))
+    adder = threading.Timer(0.2, buf.add, ("odom", "base", 200, later))
+    adder.start()
+    pose = buf.wait_lookup("odom", "base", 100, 60.0)  # returns once the sample at 200 arrived
+    adder.join()
+    np.testing.assert_allclose(pose[:3, 3], [1.0, 0.0, 0.0])  # halfway between 0 and 200
