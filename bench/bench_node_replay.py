@@ -108,16 +108,10 @@ def run_once(executor_kind: str, model: Path, rate: float, hogs: int, workdir: P
                              lambda m: labelled.append(round(stamp_ns(m.header.stamp) / 1e9 % 100, 3)), 10)
     for cam in cameras:
         node.create_subscription(Image, f"/ssov_segmenter/output/{cam}/overlay", lambda m, c=cam: (
-            overlays.__setitem__(c, overlays[c] + 1), overlay_stamps.append(round(stamp_ns(m.header.stamp) / 1e9 % 100, 3))), 10)
+            overlays.__setitem__(c, overlays[c] + 1),
+            overlay_stamps.append(round(stamp_ns(m.header.stamp) / 1e9 % 100, 3))), 10)
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-    spinning = threading.Event()
-    spinning.set()
-
-    def spin() -> None:
-        while spinning.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
+    spinner = threading.Thread(target=executor.spin, daemon=True)  # ends at executor.shutdown()
     spinner.start()
     try:
         topics = [LIDAR_TOPIC, ODOM_TOPIC, *(t for c in cameras for t in (image_topic(c), camera_info_topic(c)))]
@@ -155,7 +149,7 @@ def run_once(executor_kind: str, model: Path, rate: float, hogs: int, workdir: P
                   ("frames", "frames_with_pose", "missed_clouds_total", "skipped_overlays_total")}
         values.update({k: after.get(k, "") for k in ("last_overlay_skip", "no_pose_reason")})
     finally:
-        spinning.clear()
+        executor.shutdown()
         spinner.join()
         for h in hog_procs:
             h.kill()
@@ -166,7 +160,6 @@ def run_once(executor_kind: str, model: Path, rate: float, hogs: int, workdir: P
         except subprocess.TimeoutExpired:
             os.killpg(node_proc.pid, signal.SIGKILL)
             node_proc.wait()
-        executor.remove_node(node)
         node.destroy_node()
     clouds = player.info.topics[LIDAR_TOPIC].count
     frames = int(values.get("frames", 0))
@@ -179,7 +172,8 @@ def run_once(executor_kind: str, model: Path, rate: float, hogs: int, workdir: P
             "posed_share": round(int(values.get("frames_with_pose", 0)) / max(1, frames), 3),
             "missed_clouds": int(values.get("missed_clouds_total", 0)),
             "skipped_overlays": int(values.get("skipped_overlays_total", 0)),
-            "last_overlay_skip": values.get("last_overlay_skip", ""), "no_pose_reason": values.get("no_pose_reason", ""),
+            "last_overlay_skip": values.get("last_overlay_skip", ""),
+            "no_pose_reason": values.get("no_pose_reason", ""),
             "node_exit_code": node_proc.returncode}
 
 

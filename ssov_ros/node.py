@@ -413,13 +413,13 @@ class SegmenterNode(Node):
         cloud = read_cloud(msg)
         valid = cloud.valid
         if self.cfg.input.zero_points_invalid:  # (0, 0, 0) is how many drivers mark "no return"
-            valid = valid & cloud.xyz.any(axis=1)
+            valid = valid & (cloud.xyz != 0).any(axis=1)  # a comparison: no numpy warning for NaN or signalling NaN
         with np.errstate(over="ignore", invalid="ignore"):
             in_range = np.einsum("ij,ij->i", cloud.xyz, cloud.xyz) <= self.cfg.input.max_range ** 2
         valid_idx = np.flatnonzero(valid & in_range)
         if len(valid_idx) == 0:
-            raise CloudError(f"no finite point within {self.cfg.input.max_range:g} m among {cloud.num_points}"
-                             f"{' (points at exactly 0, 0, 0 are invalid)' if self.cfg.input.zero_points_invalid else ''}")
+            zero = " (points at exactly 0, 0, 0 are invalid)" if self.cfg.input.zero_points_invalid else ""
+            raise CloudError(f"no finite point within {self.cfg.input.max_range:g} m among {cloud.num_points}{zero}")
         t_ns = stamp_ns(msg.header.stamp)
         frame = msg.header.frame_id
         if not frame:
@@ -431,13 +431,15 @@ class SegmenterNode(Node):
                                       throttle_duration_sec=self.cfg.output.warn_throttle_s)
         if self._time_jump.jumped_back(t_ns):  # a bag restarted: nothing before now can be aligned
             (self.pipeline or self.segmenter).reset()  # the pipeline resets in order, before this cloud's AFI
-            # poses and images of the restarted bag may have arrived just before this cloud: only what lies in
-            # its future (from the previous pass) goes
-            self.tf.clear(after_ns=t_ns + self.tf.extrapolation_ns)
+            # images of the restarted bag may have arrived just before this cloud: only those in its future (the
+            # previous pass's) go. Poses: an odometry that restarted too has cleared them already (on_odometry)
+            odom_ns = self._odom_time_jump.last_ns
+            if odom_ns is None or odom_ns > t_ns + self.tf.extrapolation_ns:
+                self.tf.clear()
             self.sync.clear(after_ns=t_ns + self.sync.tolerance_ns)
         timings = {"read": (time.perf_counter() - t0) * 1000}
 
-        pose = self._pose(frame, t_ns) if frame else None
+        pose = self._pose(frame, t_ns)
         xyz = cloud.xyz[valid_idx]
         intensity = self._model_intensity(cloud, valid_idx)
         query = self._query
@@ -464,8 +466,8 @@ class SegmenterNode(Node):
             intensity = cloud.intensity[valid_idx] * np.float32(self.cfg.input.intensity_scale)
         finite = np.isfinite(intensity)
         problem = self._intensity_check.update(intensity[finite])
-        if problem:
-            self._warn_once(f"range:{problem}", f"intensity: {problem} (input.intensity_scale)")
+        if problem:  # returned once per run of such clouds
+            self.get_logger().warning(f"intensity: {problem} (input.intensity_scale)")
         if not finite.all():
             # a corrupt intensity must not cost the whole frame: non-finite values read as 0
             self._warn_once("intensity:non-finite", f"intensity: {np.count_nonzero(~finite)} non-finite value(s) "
@@ -546,7 +548,9 @@ class SegmenterNode(Node):
         odom, rejected = self._odom_frames, self._odom_last_rejected
         fixed = tcfg.fixed_frame or (odom[0] if odom else "")
         pose, reason = None, ""
-        if not fixed:
+        if not frame:
+            reason = "the cloud has no header.frame_id"
+        elif not fixed:
             reason = rejected or "no odometry received and no temporal.fixed_frame set"
         else:
             if tcfg.sensor_to_base:

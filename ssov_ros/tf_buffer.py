@@ -93,13 +93,12 @@ class TransformBuffer:
         self._lock = threading.RLock()
         self._added = threading.Condition(self._lock)  # notified on every new sample (wait_lookup)
 
-    def clear(self, after_ns: Optional[int] = None) -> None:
-        """Forget the dynamic samples (static transforms stay), e.g. after time jumped backwards; with
-        ``after_ns`` only those stamped later than it (what a restarted bag has not reached yet)."""
+    def clear(self) -> None:
+        """Forget the dynamic samples (static transforms stay), e.g. after time jumped backwards."""
         with self._lock:
             for _, edge in self._edges.values():
-                keep = 0 if after_ns is None else bisect.bisect_right(edge.times, after_ns)
-                del edge.times[keep:], edge.mats[keep:]
+                edge.times.clear()
+                edge.mats.clear()
 
     def _edge(self, parent: str, child: str) -> _Edge:
         if not parent or not child or parent == child:
@@ -227,6 +226,11 @@ class TimeJumpDetector:
     def __init__(self, tolerance_ns: int = 1_000_000_000):
         self.tolerance_ns = tolerance_ns
         self._last: Optional[int] = None
+
+    @property
+    def last_ns(self) -> Optional[int]:
+        """The latest time seen (None before the first)."""
+        return self._last
 
     def jumped_back(self, t_ns: int) -> bool:
         back = self._last is not None and t_ns < self._last - self.tolerance_ns

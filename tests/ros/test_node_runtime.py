@@ -258,3 +258,20 @@ def test_a_preset_of_another_vocabulary_is_refused_in_one_line():
         Harness({"afi.preset": "kitti"})  # SemanticKITTI class names, a model with the nuScenes vocabulary
     text = str(err.value)
     assert text.startswith("afi.preset 'kitti'") and "nuscenes" in text and "\n" not in text
+
+
+def test_a_restarted_bag_keeps_the_odometry_that_came_before_its_first_cloud(frame):
+    h = Harness({"afi.enabled": True, "temporal.pose_source": "odometry", "temporal.history": 2})
+    try:
+        for k in range(6):
+            h.node.on_odometry(_odometry(10 * S + k * S // 10, k))
+        _segment(h, _cloud(frame, stamp_ns=10 * S + 2 * S // 10, frame_id="base_link"))
+        # the bag restarts: its odometry arrives first, then its first cloud (time went back 9 s)
+        for k in range(3):
+            h.node.on_odometry(_odometry(1 * S + k * S // 10, k))
+        _segment(h, _cloud(frame, stamp_ns=1 * S + S // 10, frame_id="base_link"))
+        assert h.node.wait_idle(30)
+        values = _values(h.node)
+        assert values["frames"] == "2" and values["frames_with_pose"] == "2", values["no_pose_reason"]
+    finally:
+        h.close()

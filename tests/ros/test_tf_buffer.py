@@ -97,17 +97,6 @@ def test_time_jump_detector():
     assert not d.jumped_back(10 * S) and not d.jumped_back(int(9.5 * S)) and d.jumped_back(2 * S)
 
 
-def test_clear_after_keeps_what_a_restarted_bag_already_sent():
-    buf = TransformBuffer(extrapolation_ns=0)
-    for t in range(10):
-        buf.add("odom", "base", t * 100, np.eye(4))
-    buf.set_static("base", "lidar", np.eye(4))
-    buf.clear(after_ns=300)  # samples at 0..300 stay, 400..900 go; the static link stays
-    assert buf.lookup("odom", "lidar", 300) is not None and buf.lookup("odom", "lidar", 400) is None
-    buf.clear()
-    assert buf.lookup("odom", "base", 0) is None and buf.lookup("base", "lidar", 5) is not None
-
-
 def test_wait_lookup_takes_a_sample_added_by_another_thread():
     import threading
 
