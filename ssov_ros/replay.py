@@ -86,12 +86,11 @@ class Replayer:
             raise SsovError(f"bag {self.bag}: none of the selected topics can be published here")
         self.published = 0
 
-    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float,
-                             stop: Optional[threading.Event] = None) -> list[str]:
+    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> list[str]:
         """Wait until each bag topic in ``topics`` has a matched subscription; return those that have none."""
         deadline = time.monotonic() + timeout_s
         pending = [t for t in topics if t in self.publishers]
-        while pending and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        while pending and time.monotonic() < deadline:
             pending = [t for t in pending if self.publishers[t].get_subscription_count() == 0]
             if pending:
                 time.sleep(0.02)
@@ -198,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.wait_for_subscribers > 0:
             clouds = [player.publishers[t].topic_name for t in player.cloud_topics()]
             log.info(f"waiting up to {args.wait_for_subscribers:g} s for a subscriber on "
-                     f"{', '.join(clouds) or 'no cloud topic'} (and for those of other topics that have one)")
+                     f"{', '.join(clouds) or 'no cloud topic'} (on other topics: for the subscribers they have)")
             missing = player.wait_for_readers(args.wait_for_subscribers, stop)
             if missing and not stop.is_set():
                 names = [player.publishers[t].topic_name for t in missing]
