@@ -82,6 +82,8 @@ class InputParams:
                                        "with label 0, true = removed from the output", runtime=True)
     max_range: float = _param(300.0, "metres from the sensor; farther points are invalid like NaN ones",
                               runtime=True, min=0.1, max=1e5)
+    zero_points_invalid: bool = _param(True, "points at exactly (0, 0, 0), many drivers' 'no return', are invalid "
+                                       "too", runtime=True)
 
 
 _PRESET = "NaN (.nan in YAML) = the preset's value"

@@ -52,6 +52,7 @@ class Cloud:
     height: int
     width: int
     has_intensity: bool
+    intensity_issue: str = ""  # why intensity reads as zeros ("" when the cloud has a usable intensity field)
 
     @property
     def num_points(self) -> int:
@@ -181,14 +182,17 @@ def read_cloud(msg: Any, *, fields: tuple[str, ...] | None = None,
     with np.errstate(invalid="ignore", over="ignore"):  # float64 beyond float32 range becomes inf: invalid
         xyz = np.stack([columns["x"], columns["y"], columns["z"]], axis=1).astype(np.float32, copy=False)
         valid = np.isfinite(xyz).all(axis=1)
+    issue = ""
     if intensity_name is not None and columns[intensity_name].ndim == 1:
-        intensity = columns[intensity_name].astype(np.float32)
-        has_intensity = True
+        with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported by the caller
+            intensity = columns[intensity_name].astype(np.float32)
     else:
         intensity = np.zeros(n, dtype=np.float32)
-        has_intensity = False
-    return Cloud(xyz=xyz, intensity=intensity, valid=valid, columns=columns,
-                 height=height, width=width, has_intensity=has_intensity)
+        issue = (f"field {intensity_name!r} has count {columns[intensity_name].shape[1]}, expected 1"
+                 if intensity_name is not None else
+                 f"no intensity field ({' / '.join(intensity_names)}; fields: {', '.join(f[0] for f in parsed)})")
+    return Cloud(xyz=xyz, intensity=intensity, valid=valid, columns=columns, height=height, width=width,
+                 has_intensity=not issue, intensity_issue=issue)
 
 
 def to_ros_cloud(header: Any, columns: dict[str, np.ndarray], *, height: int = 1, is_dense: bool | None = None):

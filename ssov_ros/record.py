@@ -3,7 +3,8 @@
 Each topic is subscribed as soon as a publisher appears (its type and QoS are taken from the publishers:
 best effort if any publisher is, transient local if all are, so late-joining latched topics are caught),
 messages are stored as received (serialized bytes, no deserialization) with their receive time, and the bag
-directory appears only when recording ends cleanly (:class:`ssov_ros.bags.BagWriter`).
+directory appears only when recording ends cleanly (:class:`ssov_ros.bags.BagWriter`): at --duration,
+--max-messages, SIGINT or SIGTERM (exit code 0 for all of them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ssov_train.errors import SsovError
 
 from .bags import BagWriter, QosSpec
 from .replay import message_class, rclpy_qos, split_ros_args
+from .shutdown import stop_on_signals
 
 
 def publishers_qos(node, topic: str) -> Optional[QosSpec]:
@@ -93,14 +95,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
     try:
         writer = BagWriter(args.bag, overwrite=args.overwrite)
     except SsovError as exc:
         print(f"ssov-record: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=["ssov_record", *ros_args])
+    rclpy.init(args=["ssov_record", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    stop_on_signals(stop)
     node = rclpy.create_node("ssov_record")
     log = node.get_logger()
     status = 0
@@ -111,14 +115,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             recorder.discover()
             log.info(f"recording {', '.join(args.topics)} into {args.bag}")
             end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-            try:
-                while rclpy.ok() and time.monotonic() < end:
-                    rclpy.spin_once(node, timeout_sec=0.1)
-                    if args.max_messages and not recorder.pending and \
-                            min(recorder.counts.values()) >= args.max_messages:
-                        break
-            except (KeyboardInterrupt, ExternalShutdownException):
-                pass
+            while not stop.is_set() and rclpy.ok() and time.monotonic() < end:
+                rclpy.spin_once(node, timeout_sec=0.1)  # short: the signal handler runs between calls
+                if args.max_messages and not recorder.pending and \
+                        min(recorder.counts.values()) >= args.max_messages:
+                    break
             for topic in args.topics:
                 log.info(f"{topic}: {recorder.counts.get(topic, 0)} messages"
                          f"{' (never published)' if topic in recorder.pending else ''}")

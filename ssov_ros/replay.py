@@ -4,6 +4,10 @@ Messages go out as the recorded CDR bytes (rclpy publishes serialized bytes as t
 each at ``start + (t - t_first) / rate``. Publishers use the recorded QoS (/tf_static transient local, sensor
 topics as recorded). A topic whose message package has no Python module here (tf2_msgs has no PyPI wheel) is
 skipped with one warning. Bag reading and the schedule live in :mod:`ssov_ros.bags` (ROS-free).
+
+``--wait-for-subscribers S`` waits (up to S seconds) for a subscriber on every replayed PointCloud2 topic and
+for every subscriber the graph shows on the other topics: topics nobody subscribes to are not waited for.
+SIGINT / SIGTERM stop the replay cleanly (exit code 0).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Callable, Iterable, Optional, Sequence
 from ssov_train.errors import SsovError
 
 from .bags import BagInfo, QosSpec, bag_info, read_messages, replay_schedule
+from .shutdown import stop_on_signals
+
+CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
 
 
 def message_class(msgtype: str):
@@ -89,6 +96,27 @@ class Replayer:
                 time.sleep(0.02)
         return pending
 
+    def cloud_topics(self) -> list[str]:
+        """The replayed bag topics that carry point clouds."""
+        return [t for t in self.publishers if self.info.topics[t].msgtype == CLOUD_TYPE]
+
+    def unmatched_subscribers(self, topic: str) -> int:
+        """Subscribers the graph shows on ``topic`` (as published) that this publisher has not matched yet."""
+        pub = self.publishers[topic]
+        return max(0, self.node.count_subscribers(pub.topic_name) - pub.get_subscription_count())
+
+    def wait_for_readers(self, timeout_s: float, stop: Optional[threading.Event] = None) -> list[str]:
+        """Wait until every replayed cloud topic has a subscriber and every subscriber the graph shows on the other
+        topics is matched (topics nobody subscribes to are not waited for); return the topics still waiting."""
+        deadline = time.monotonic() + timeout_s
+        clouds = self.cloud_topics()
+        while True:
+            pending = [t for t in self.publishers if (t in clouds and self.publishers[t].get_subscription_count() == 0)
+                       or self.unmatched_subscribers(t)]
+            if not pending or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                return pending
+            time.sleep(0.02)
+
     def play(self, rate: float = 1.0, stop: Optional[threading.Event] = None,
              on_publish: Optional[Callable[[str, int, float], None]] = None) -> int:
         """Publish every selected message once at ``rate`` x real time; return how many were published.
@@ -126,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--topics", nargs="+", help="replay only these topics")
     ap.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
     ap.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
-                    help="before playing, wait up to this long until every replayed topic has a subscriber")
+                    help="before playing, wait up to this long for a subscriber on each replayed cloud topic (and "
+                         "until the subscribers other topics have are matched; topics nobody reads are not waited for)")
     ap.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
                     help="then wait this long before the first message (as `ros2 bag play --delay`): discovery "
                          "is matched on the subscriber's side a moment after the publisher sees it, and a "
@@ -156,22 +185,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=["ssov_replay", *ros_args])
-    node = rclpy.create_node("ssov_replay")
+    rclpy.init(args=["ssov_replay", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
+    stop_on_signals(stop)
+    node = rclpy.create_node("ssov_replay")
+    log = node.get_logger()
     try:
-        player = Replayer(node, args.bag, args.topics, remap, log=lambda m: node.get_logger().warning(m))
+        player = Replayer(node, args.bag, args.topics, remap, log=log.warning)
         if args.wait_for_subscribers > 0:
-            missing = player.wait_for_subscribers(list(player.publishers), args.wait_for_subscribers)
-            if missing:
-                node.get_logger().warning(f"no subscriber after {args.wait_for_subscribers:.0f} s on: "
-                                          f"{', '.join(missing)}; playing anyway")
+            clouds = [player.publishers[t].topic_name for t in player.cloud_topics()]
+            log.info(f"waiting up to {args.wait_for_subscribers:g} s for a subscriber on "
+                     f"{', '.join(clouds) or 'no cloud topic'} (on other topics: for the subscribers they have)")
+            missing = player.wait_for_readers(args.wait_for_subscribers, stop)
+            if missing and not stop.is_set():
+                names = [player.publishers[t].topic_name for t in missing]
+                log.warning(f"no subscriber after {args.wait_for_subscribers:g} s on {', '.join(names)} (is the "
+                            f"node running, and its input remapped there?); playing anyway")
         stop.wait(args.delay)
-        node.get_logger().info(f"playing {args.bag} ({info.message_count} messages, {info.duration_s:.2f} s) "
-                               f"at x{args.rate:g}{' in a loop' if args.loop else ''}")
-        while rclpy.ok():
+        if not stop.is_set():
+            log.info(f"playing {args.bag} ({info.message_count} messages, {info.duration_s:.2f} s) "
+                     f"at x{args.rate:g}{' in a loop' if args.loop else ''}")
+        while not stop.is_set() and rclpy.ok():
             started = time.monotonic()
             player.play(args.rate, stop)
             if not args.loop or stop.is_set():
@@ -179,15 +215,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             # The next pass starts one bag duration after this one (at least 0.1 s: a one-message bag
             # would otherwise be published in a busy loop).
             stop.wait(max(0.0, started + max(info.duration_s, 0.1) / args.rate - time.monotonic()))
-        node.get_logger().info(f"published {player.published} messages")
+        log.info(f"published {player.published} messages{' (stopped)' if stop.is_set() else ''}")
     except SsovError as exc:
         print(f"ssov-replay: error: {exc}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        stop.set()
-    except Exception:
-        if rclpy.ok():
-            raise  # a publish failing after SIGTERM shut the context down is the normal end, not an error
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -9,6 +9,7 @@ frame (the node must not add latency to the segmentation for an optional overlay
 from __future__ import annotations
 
 import bisect
+import threading
 from typing import Any, Generic, Optional, TypeVar
 
 T = TypeVar("T")
@@ -27,9 +28,10 @@ class StampedQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._stamps)
 
-    def clear(self) -> None:
-        self._stamps.clear()
-        self._items.clear()
+    def clear(self, after_ns: Optional[int] = None) -> None:
+        """Forget every item, or with ``after_ns`` those stamped later than it."""
+        keep = 0 if after_ns is None else bisect.bisect_right(self._stamps, after_ns)
+        del self._stamps[keep:], self._items[keep:]
 
     def push(self, t_ns: int, item: T) -> None:
         i = bisect.bisect_right(self._stamps, t_ns)
@@ -53,27 +55,33 @@ class StampedQueue(Generic[T]):
 
 
 class ApproximateSync:
-    """Named streams (e.g. ``CAM_FRONT/image``) matched to a reference time."""
+    """Named streams (e.g. ``CAM_FRONT/image``) matched to a reference time.  Thread-safe: images are pushed
+    from one callback thread while the cloud callback matches."""
 
     def __init__(self, tolerance_ns: int, depth: int = 10):
         self.tolerance_ns = int(tolerance_ns)
         self.depth = depth
         self._streams: dict[str, StampedQueue[Any]] = {}
+        self._lock = threading.Lock()
 
     def push(self, stream: str, t_ns: int, item: Any) -> None:
-        self._streams.setdefault(stream, StampedQueue(self.depth)).push(t_ns, item)
+        with self._lock:
+            self._streams.setdefault(stream, StampedQueue(self.depth)).push(t_ns, item)
 
     def match(self, t_ns: int, streams: list[str]) -> Optional[dict[str, Any]]:
         """Items of all ``streams`` nearest to t_ns, or None when one of them has no message within tolerance."""
         out = {}
-        for name in streams:
-            q = self._streams.get(name)
-            hit = q.nearest(t_ns, self.tolerance_ns) if q is not None else None
-            if hit is None:
-                return None
-            out[name] = hit[1]
+        with self._lock:
+            for name in streams:
+                q = self._streams.get(name)
+                hit = q.nearest(t_ns, self.tolerance_ns) if q is not None else None
+                if hit is None:
+                    return None
+                out[name] = hit[1]
         return out
 
-    def clear(self) -> None:
-        for q in self._streams.values():
-            q.clear()
+    def clear(self, after_ns: Optional[int] = None) -> None:
+        """Forget every item, or with ``after_ns`` those stamped later than it."""
+        with self._lock:
+            for q in self._streams.values():
+                q.clear(after_ns)

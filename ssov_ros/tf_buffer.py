@@ -9,6 +9,8 @@ read duck-typed (rclpy and rosbags objects alike). Convention as in tf2: ``looku
 from __future__ import annotations
 
 import bisect
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -81,18 +83,22 @@ class TransformBuffer:
     ``cache_ns``: samples older than the newest one by more than this are forgotten.
     ``extrapolation_ns``: a lookup up to this far past the newest (or before the oldest) sample of an edge
     uses that sample instead of failing (clouds are stamped while the odometry of that instant is in flight).
+    Thread-safe: the node fills it from the odometry / tf callbacks while the cloud callback looks poses up.
     """
 
     def __init__(self, cache_ns: int = 10_000_000_000, extrapolation_ns: int = 100_000_000):
         self.cache_ns = int(cache_ns)
         self.extrapolation_ns = int(extrapolation_ns)
         self._edges: dict[str, tuple[str, _Edge]] = {}  # child -> (parent, edge)
+        self._lock = threading.RLock()
+        self._added = threading.Condition(self._lock)  # notified on every new sample (wait_lookup)
 
     def clear(self) -> None:
         """Forget the dynamic samples (static transforms stay), e.g. after time jumped backwards."""
-        for _, edge in self._edges.values():
-            edge.times.clear()
-            edge.mats.clear()
+        with self._lock:
+            for _, edge in self._edges.values():
+                edge.times.clear()
+                edge.mats.clear()
 
     def _edge(self, parent: str, child: str) -> _Edge:
         if not parent or not child or parent == child:
@@ -103,24 +109,28 @@ class TransformBuffer:
         return self._edges[child][1]
 
     def set_static(self, parent: str, child: str, matrix: np.ndarray) -> None:
-        edge = self._edge(parent, child)
-        edge.static = np.asarray(matrix, dtype=np.float64)
-        edge.times.clear()
-        edge.mats.clear()
+        with self._lock:
+            edge = self._edge(parent, child)
+            edge.static = np.asarray(matrix, dtype=np.float64)
+            edge.times.clear()
+            edge.mats.clear()
+            self._added.notify_all()
 
     def add(self, parent: str, child: str, t_ns: int, matrix: np.ndarray) -> None:
         """A time-stamped parent <- child transform; out-of-order samples are inserted in place."""
-        edge = self._edge(parent, child)
-        edge.static = None
-        i = bisect.bisect_right(edge.times, t_ns)
-        if i > 0 and edge.times[i - 1] == t_ns:
-            edge.mats[i - 1] = np.asarray(matrix, dtype=np.float64)
-            return
-        edge.times.insert(i, int(t_ns))
-        edge.mats.insert(i, np.asarray(matrix, dtype=np.float64))
-        cut = bisect.bisect_left(edge.times, edge.times[-1] - self.cache_ns)
-        if cut:
-            del edge.times[:cut], edge.mats[:cut]
+        with self._lock:
+            edge = self._edge(parent, child)
+            edge.static = None
+            i = bisect.bisect_right(edge.times, t_ns)
+            if i > 0 and edge.times[i - 1] == t_ns:
+                edge.mats[i - 1] = np.asarray(matrix, dtype=np.float64)
+            else:
+                edge.times.insert(i, int(t_ns))
+                edge.mats.insert(i, np.asarray(matrix, dtype=np.float64))
+                cut = bisect.bisect_left(edge.times, edge.times[-1] - self.cache_ns)
+                if cut:
+                    del edge.times[:cut], edge.mats[:cut]
+            self._added.notify_all()
 
     def _at(self, edge: _Edge, t_ns: int) -> Optional[np.ndarray]:
         if edge.static is not None:
@@ -151,8 +161,9 @@ class TransformBuffer:
         """target <- source at time t_ns, or None when the frames are not connected or a link has no data then."""
         if target == source:
             return np.eye(4)
-        s_chain, s_mats = self._to_root(source, t_ns)
-        t_chain, t_mats = self._to_root(target, t_ns)
+        with self._lock:
+            s_chain, s_mats = self._to_root(source, t_ns)
+            t_chain, t_mats = self._to_root(target, t_ns)
         common = next((f for f in s_chain if f in t_chain), None)
         if common is None:
             return None
@@ -161,11 +172,24 @@ class TransformBuffer:
             return None
         return invert(t_m) @ s_m
 
+    def wait_lookup(self, target: str, source: str, t_ns: int, timeout_s: float) -> Optional[np.ndarray]:
+        """:meth:`lookup`, waiting up to ``timeout_s`` for the samples that make it possible (as tf2's
+        waitForTransform: the pose of a cloud's instant may arrive just after the cloud, from another thread)."""
+        deadline = time.monotonic() + timeout_s
+        with self._added:
+            while True:
+                pose = self.lookup(target, source, t_ns)
+                remaining = deadline - time.monotonic()
+                if pose is not None or remaining <= 0:
+                    return pose
+                self._added.wait(remaining)
+
     def can_transform(self, target: str, source: str, t_ns: int) -> bool:
         return self.lookup(target, source, t_ns) is not None
 
     def frames(self) -> set[str]:
-        return set(self._edges) | {parent for parent, _ in self._edges.values()}
+        with self._lock:
+            return set(self._edges) | {parent for parent, _ in self._edges.values()}
 
     # --- message ingestion (duck-typed) ---
 
@@ -202,6 +226,11 @@ class TimeJumpDetector:
     def __init__(self, tolerance_ns: int = 1_000_000_000):
         self.tolerance_ns = tolerance_ns
         self._last: Optional[int] = None
+
+    @property
+    def last_ns(self) -> Optional[int]:
+        """The latest time seen (None before the first)."""
+        return self._last
 
     def jumped_back(self, t_ns: int) -> bool:
         back = self._last is not None and t_ns < self._last - self.tolerance_ns

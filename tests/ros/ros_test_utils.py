@@ -31,6 +31,8 @@ LAYOUTS: dict[str, tuple[list[tuple[str, int, str]], int]] = {
                     ("elevation", 20, "f4"), ("distance", 24, "f4"), ("time_stamp", 28, "u4")], 32),
     # float64 coordinates (some simulators)
     "xyz_f64": ([("x", 0, "f8"), ("y", 8, "f8"), ("z", 16, "f8"), ("intensity", 24, "u2")], 32),
+    # every field float64 (simulators, converted bags)
+    "all_f64": ([("x", 0, "f8"), ("y", 8, "f8"), ("z", 16, "f8"), ("intensity", 24, "f8")], 32),
 }
 DATATYPE = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8}
 
@@ -111,11 +113,12 @@ def make_tiny_model(path: Path) -> Path:
 class Harness:
     """The node plus a peer node (publishers / listeners) in one executor of a private rclpy context.  The model
     is the demo checkpoint unless ``overrides`` name one (the default, the exported package, may not exist); an
-    override of None leaves that parameter at the node's own default."""
+    override of None leaves that parameter at the node's own default.  ``threads`` > 1 spins a multi-threaded
+    executor, as the node's main() does."""
 
-    def __init__(self, overrides: dict | None = None):
+    def __init__(self, overrides: dict | None = None, threads: int = 1):
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
         from rclpy.parameter import Parameter
 
         from ssov_ros.node import SegmenterNode
@@ -130,7 +133,8 @@ class Harness:
             rclpy.shutdown(context=self.context)
             raise
         self.peer = rclpy.create_node("ssov_test_peer", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor = (MultiThreadedExecutor(threads, context=self.context) if threads > 1
+                         else SingleThreadedExecutor(context=self.context))
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
         self.received: dict[str, list] = {}

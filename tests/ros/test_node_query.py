@@ -32,11 +32,16 @@ def harness():
     h.close()
 
 
+def _diagnostic_values(node) -> dict:
+    return {kv.key: kv.value for kv in node.diagnostic_status().values}
+
+
 def _ask(h, text):
-    """Publish a query and wait until the node has taken it (accepted, refused or cleared)."""
-    h.node._query, h.node._query_error = "pending", "pending"  # sentinels: on_query always replaces both
+    """Publish a query and wait until the node has taken it (accepted, refused or cleared): /diagnostics counts
+    the query messages received."""
+    before = int(_diagnostic_values(h.node)["queries_total"])
     h.query_pub.publish(String(data=text))
-    assert h.spin_until(lambda: h.node._query != "pending")
+    assert h.spin_until(lambda: int(_diagnostic_values(h.node)["queries_total"]) > before)
 
 
 def _segment(h, msg):
@@ -88,7 +93,7 @@ def test_unknown_text_is_refused_and_an_empty_one_clears(harness, frame):
     points, query = _segment(harness, msg)  # the node keeps segmenting, without query output
     assert query is None and read_cloud(points).num_points == 4000
     status = harness.node.diagnostic_status()
-    values = {kv.key: kv.value for kv in status.values}
+    values = _diagnostic_values(harness.node)
     assert status.level == DiagnosticStatus.WARN and "query refused" in status.message
     assert "feature-head model" in values["query_error"] and values["query"] == ""
     _ask(harness, "sky")  # a vocabulary prompt of the ignore class: refused with its own reason
@@ -99,6 +104,20 @@ def test_unknown_text_is_refused_and_an_empty_one_clears(harness, frame):
     _ask(harness, "")
     assert harness.node._query is None and harness.node._query_error == ""
     assert _segment(harness, msg)[1] is None
+
+
+def test_a_huge_query_is_refused_in_a_short_message(harness, frame):
+    msg = to_rclpy(encode("nuscenes", frame.points[:4000], frame.intensity[:4000]), stamp_ns=5 * S)
+    _ask(harness, "car")
+    assert _segment(harness, msg)[1] is not None
+    _ask(harness, "car " * 250_000)  # a million characters: a class name repeated, so only the length refuses it
+    assert harness.node._query is None  # the previous query is cleared, as for any refused text
+    status = harness.node.diagnostic_status()
+    assert "1000000 characters (at most 256)" in status.message
+    assert len(status.message) < 300 and all(len(kv.value) < 300 for kv in status.values)
+    assert _segment(harness, msg)[1] is None
+    _ask(harness, " " * 100 + "car" + " " * 153)  # 256 characters are accepted
+    assert harness.node._query is not None and harness.node._query_error == ""
 
 
 def test_warm_up_at_start_up_leaves_no_streaming_history():

@@ -137,3 +137,31 @@ def test_replay_rejects_unknown_topics():
     proc = subprocess.run([sys.executable, "-m", "ssov_ros.replay", str(SAMPLE_BAG), "--topics", "/nope"],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and "no topic /nope" in proc.stderr
+
+
+def test_replay_waits_only_for_topics_someone_reads():
+    """The synthetic street has 16 topics; only its cloud is read here: the replay plays as soon as that is
+    matched, long before the 600 s it was allowed to wait (it used to wait for a subscriber on every topic)."""
+    listener = Listener({"/lidar_top/points": PointCloud2})
+    got = listener.received["/lidar_top/points"]
+    try:
+        proc = _replay([str(SYNTH_BAG), "--rate", "4", "--wait-for-subscribers", "600", "--delay", "1"],
+                       listener.env())
+        listener.spin_until(lambda: len(got) >= 20, proc, timeout=120)
+        proc.terminate()  # SIGTERM: a clean stop
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        listener.close()
+    assert proc.returncode == 0, out
+    assert len(got) >= 20, out
+    assert "waiting up to 600 s for a subscriber on /lidar_top/points" in out and "no subscriber" not in out
+
+
+def test_replay_says_which_cloud_topic_nobody_reads():
+    proc = subprocess.run([sys.executable, "-m", "ssov_ros.replay", str(SAMPLE_BAG), "--rate", "10",
+                           "--wait-for-subscribers", "1"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "ROS_DOMAIN_ID": str(random.randrange(100, 200))})
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "no subscriber" in ln]
+    assert len(lines) == 1 and "no subscriber after 1 s on /lidar_top/points (is the node running" in lines[0]
+    assert "/cam_front" not in lines[0]  # camera topics nobody reads are not waited for

@@ -31,6 +31,8 @@ def test_approximate_sync_needs_every_stream():
     assert sync.match(1010 * MS, ["CAM_FRONT"]) == {"CAM_FRONT": "f"}
     assert sync.match(1010 * MS, ["CAM_FRONT", "CAM_BACK"]) == {"CAM_FRONT": "f", "CAM_BACK": "b"}
     assert sync.match(1010 * MS, ["CAM_FRONT", "CAM_LEFT"]) is None
+    sync.clear(after_ns=1020 * MS)  # a restarted bag: what lies in the future of 1020 ms goes
+    assert sync.match(1010 * MS, ["CAM_FRONT", "CAM_BACK"]) is None and sync.match(1000 * MS, ["CAM_FRONT"])
     sync.clear()
     assert sync.match(1000 * MS, ["CAM_FRONT"]) is None
 

@@ -95,3 +95,17 @@ def test_xyz_quat_matrix_checks_its_input():
 def test_time_jump_detector():
     d = TimeJumpDetector(tolerance_ns=S)
     assert not d.jumped_back(10 * S) and not d.jumped_back(int(9.5 * S)) and d.jumped_back(2 * S)
+
+
+def test_wait_lookup_takes_a_sample_added_by_another_thread():
+    import threading
+
+    buf = TransformBuffer(extrapolation_ns=0)
+    buf.add("odom", "base", 0, np.eye(4))
+    assert buf.wait_lookup("odom", "base", 100, 0.0) is None  # no sample at 100 yet, no waiting
+    later = make_transform(np.eye(3), np.array([2.0, 0.0, 0.0]))
+    adder = threading.Timer(0.2, buf.add, ("odom", "base", 200, later))
+    adder.start()
+    pose = buf.wait_lookup("odom", "base", 100, 60.0)  # returns once the sample at 200 arrived
+    adder.join()
+    np.testing.assert_allclose(pose[:3, 3], [1.0, 0.0, 0.0])  # halfway between 0 and 200
