@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from .errors import SsovError
+from .jobs import INTERRUPTED_EXIT, Interrupted, configure_threads
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -48,7 +50,7 @@ def cmd_synth(args) -> int:
     from .data.synthetic import generate_world
 
     path = generate_world(args.out, name=args.name, num_scenes=args.scenes, frames_per_scene=args.frames,
-                          seed=args.seed, image_width=args.width, image_height=args.height)
+                          seed=args.seed, image_width=args.width, image_height=args.height, overwrite=args.overwrite)
     print(f"synthetic world written to {path}")
     return 0
 
@@ -147,6 +149,8 @@ def _load_train_config(args, stages: tuple[str, ...]):
     overrides = dict(args.set or [])
     if getattr(args, "output", None):
         overrides["output"] = args.output
+    if getattr(args, "keep_checkpoints", None) is not None:
+        overrides["keep_checkpoints"] = args.keep_checkpoints
     cfg = load_config(TrainConfig, args.cfg, overrides)
     if cfg.stage not in stages:
         raise ConfigError(f"{args.cfg} configures stage {cfg.stage}; `ssov-train {args.command}` runs "
@@ -202,11 +206,34 @@ def _report_failures(failures) -> int:
     return 1
 
 
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number >= 1, got {text!r}")
+    return n
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_threads, metavar="N",
+                        help="torch CPU threads (default: 1 on machines with <= 2 cores, where more threads wait "
+                             "on each other; torch's default otherwise; OMP_NUM_THREADS, when set, is kept)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssov-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    common = _common_options()
 
-    s = sub.add_parser("synth", help="generate a synthetic nuScenes-format world")
+    def add_command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    s = add_command("synth", help="generate a synthetic nuScenes-format world")
     s.add_argument("--out", required=True, help="dataset root to create")
     s.add_argument("--name", default="synthetic", help="version name: tables go to v1.0-<name>")
     s.add_argument("--scenes", type=int, default=2)
@@ -214,10 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--width", type=int, default=None, help="camera image width (default: the generator's)")
     s.add_argument("--height", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true", help="replace a world already at --out")
     s.set_defaults(func=cmd_synth)
 
     def stage_parser(name: str, help_: str, func, shardable: bool = False):
-        sp = sub.add_parser(name, help=help_)
+        sp = add_command(name, help=help_)
         sp.add_argument("--cfg", required=True, help="stage config YAML (config/superpoints_*.yaml)")
         sp.add_argument("--split", help="override dataset.split")
         sp.add_argument("--output", help="override output")
@@ -248,12 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--color-by", choices=["depth", "pseudo_label"], default="depth")
 
     def train_parser(name: str, help_: str, pretraining: bool):
-        sp = sub.add_parser(name, help=help_)
+        sp = add_command(name, help=help_)
         sp.add_argument("--cfg", required=True, help="stage config YAML (config/{pretrain,annotation_free,semseg}_*.yaml)")
         sp.add_argument("--output", help="override output (the run directory)")
         sp.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE",
                         help="override any config value, e.g. --set optim.epochs=2 (repeatable)")
         sp.add_argument("--resume", action="store_true", help="continue the run in the output directory from last.pt")
+        sp.add_argument("--keep-checkpoints", type=int, metavar="N",
+                        help="keep only the newest N epoch_NNN.pt files (config keep_checkpoints; last.pt and "
+                             "best.pt are always kept)")
         if pretraining:
             sp.add_argument("--pretraining-path", type=Path,
                             help="checkpoint to initialise from (all shape-matching weights; a TMP head is skipped)")
@@ -263,16 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser("pretrain", "TMP pre-training: superpoints x teacher mask features x text", False)
     train_parser("annotation-free", "distil the teacher's pseudo-labels into the 3D network", True)
     train_parser("downstream", "finetune (dataset_skip_step) or linear-probe (freeze_layers) on ground truth", True)
-    ev = sub.add_parser("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
+    ev = add_command("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
     ev.add_argument("--cfg", required=True, help="the annotation_free / semseg config the checkpoint was trained with")
     ev.add_argument("--resume-path", help="checkpoint to evaluate")
-    ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate")
+    ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate; its network, "
+                                    "voxel grid and input come from the file, not from --cfg")
     ev.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
-    ev.add_argument("--out", help="output directory (default: eval_<split>[_afi] next to the checkpoint)")
+    ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
-    q = sub.add_parser("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
+    q = add_command("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
     q.add_argument("--resume-path", required=True, type=Path, help="model file (ssov checkpoint or model package)")
     q.add_argument("--text", required=True, help="the query, e.g. 'traffic cone'")
     src = q.add_mutually_exclusive_group(required=True)
@@ -289,9 +321,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default="auto", help="inference backend (auto: by model file type)")
     q.set_defaults(func=cmd_query)
     # Listed for --help only: main() hands `ablation ...` to ssov_train.ablation, which has its own options.
-    sub.add_parser("ablation", help="the method's ablation end to end on a synthetic world "
+    add_command("ablation", help="the method's ablation end to end on a synthetic world "
                                     "(`ssov-train ablation -h` for its options)")
     return p
+
+
+# How each command continues after Ctrl-C: training resumes from last.pt, the per-sample stages and the
+# ablation skip what is done, synth publishes its world only when whole; the others simply run again.
+_TRAIN_COMMANDS = ("pretrain", "annotation-free", "downstream")
+_SKIPS_DONE_WORK = ("teach", "superpoints", "fuse", "ablation")
+
+
+def continue_command(command: str, argv: list[str], resumable: bool = True) -> str:
+    """The hint after Ctrl-C: what to type to continue ``ssov-train <argv>`` (shell-quoted)."""
+    args = list(argv)
+    if command in _TRAIN_COMMANDS:
+        if not resumable:  # no epoch finished: nothing to resume, start again
+            return "start again with: " + shlex.join(["ssov-train", *[a for a in args if a != "--resume"]])
+        return "resume with: " + shlex.join(["ssov-train", *args, *([] if "--resume" in args else ["--resume"])])
+    if command in _SKIPS_DONE_WORK:  # --overwrite would redo what is done
+        return "resume with: " + shlex.join(["ssov-train", *[a for a in args if a != "--overwrite"]])
+    return "start again with: " + shlex.join(["ssov-train", *args])
+
+
+def _interrupted(command: str, argv: list[str], error: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C (the rank 0 process's, under torchrun), instead of a traceback."""
+    where = f" {error.where}" if isinstance(error, Interrupted) else ""
+    resumable = error.resumable if isinstance(error, Interrupted) else True
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\nssov-train {command}: interrupted{where}; {continue_command(command, argv, resumable)}",
+              file=sys.stderr, flush=True)
+    return INTERRUPTED_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,17 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["ablation"]:
         from .ablation import main as ablation_main
 
+        threads, rest = _common_options().parse_known_args(argv[1:])
         try:
-            return ablation_main(argv[1:])
+            configure_threads(threads.threads)
+            return ablation_main(rest)
         except SsovError as e:
             print(f"ssov-train ablation: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as e:
+            return _interrupted("ablation", argv, e)
     args = build_parser().parse_args(argv)
     try:
+        configure_threads(args.threads)
         return args.func(args)
     except SsovError as e:
         print(f"ssov-train {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        return _interrupted(args.command, argv, e)
 
 
 if __name__ == "__main__":
