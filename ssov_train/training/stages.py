@@ -10,6 +10,7 @@ dictionary's classes otherwise), so they are not set in the YAML.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -279,11 +280,11 @@ def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int) -> Data
 def default_evaluation_dir(cfg: TrainConfig, model_path: Path, afi: bool = False) -> Path:
     """Where ``ssov-train evaluate`` writes without ``--out``: under the config's run directory (``runs/...``),
     never next to the model file, which may sit in a tracked folder such as ``models/``; one folder per model
-    file and split, so evaluating last.pt, best.pt and an exported package never overwrite each other."""
-    name = Path(model_path).name
-    for suffix in (".ssovpkg", ".pt", ".onnx", ".engine"):
-        name = name.removesuffix(suffix)
-    return Path(cfg.output) / (f"eval_{name}_{cfg.eval_split}" + ("_afi" if afi else ""))
+    (:func:`model_label`: a run's last.pt with its run's name) and split, so evaluating several runs' last.pt,
+    a best.pt and an exported package never overwrite each other."""
+    name = re.sub(r"\.(ssovpkg|pt|onnx|engine)$", "", model_label(model_path))
+    return Path(cfg.output) / ("eval_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + f"_{cfg.eval_split}"
+                               + ("_afi" if afi else ""))
 
 
 def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Path] = None, afi: bool = False,

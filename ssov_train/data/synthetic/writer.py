@@ -322,8 +322,12 @@ def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: in
         workers = workers or os.cpu_count() or 1
         with tqdm(total=num_scenes * frames_per_scene, desc=f"synthetic world {version}", unit="frame") as bar, \
                 ExitStack() as stack:
-            run = stack.enter_context(ProcessPoolExecutor(workers, initializer=_init_worker)).map \
-                if workers > 1 else map
+            run = map
+            if workers > 1:
+                pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=_init_worker))
+                # on Ctrl-C (or any error) drop the frames not started instead of rendering them all first
+                stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+                run = pool.map
             for index in range(num_scenes):
                 scene = _scene(seed, index, frames_per_scene)
                 log = _logfile(name, seed, scene)
