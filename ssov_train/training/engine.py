@@ -228,6 +228,7 @@ def train(task: Task, resume: bool = False, progress: bool = True,
     running = 1  # the epoch in progress (training, validating or saving), for the Ctrl-C message
     try:
         state = _resume_state(task, run_dir) if resume else None
+        saved_epoch = None if state is None else int(state["epoch"])
         if state is None and (run_dir / LAST).exists():
             raise ConfigError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it "
                               "or choose another output directory")
@@ -241,7 +242,6 @@ def train(task: Task, resume: bool = False, progress: bool = True,
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             epoch, step = int(state["epoch"]), int(state["global_step"])
-            saved_epoch = epoch
             restore_rng_state(state["rng"])
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
