@@ -31,7 +31,7 @@ import yaml
 
 from ssov_train.config import nest_dotted
 from ssov_train.errors import SsovError
-from ssov_train.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ssov_train.io import write_json_atomic, write_text_atomic
 
 from .bags import (CAMERAS, LIDAR_TOPIC, ODOM_TOPIC, SHIPPED, BagWriter, bag_info, calibration_params,
                    camera_info_topic, deserialize, first_message, image_topic, read_messages, shipped_bags)
@@ -151,15 +151,6 @@ def _legend(raw: Optional[bytes]) -> tuple[list[str], np.ndarray]:
     return names, palette
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    write_bytes_atomic(path, png.tobytes())
-
-
 def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str, has_odometry: bool,
                    lidar_to_base: Sequence[float]) -> list[Path]:
     """bev.png (the last labelled cloud), street_map.png (every labelled cloud placed by the bag's odometry)
@@ -167,7 +158,7 @@ def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str, has_odome
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
-    from ssov_train.evaluation.plots import bev_labels
+    from ssov_train.evaluation.plots import bev_labels, image_with_legend
 
     pictures = []
     if outputs.clouds:
@@ -178,9 +169,13 @@ def write_pictures(outputs: Outputs, bag: Path, out: Path, title: str, has_odome
                                    f"{title}: ssov_segmenter output, last of {len(outputs.clouds)} sweep(s)"))
     if len(outputs.clouds) > 1 and has_odometry:
         pictures.append(write_street_map(outputs, bag, out / "street_map.png", title, lidar_to_base))
+    if outputs.overlays:  # with a legend of the classes in the last labelled cloud
+        names, palette = _legend(outputs.legend)
+        present = np.unique(outputs.clouds[-1][2]) if outputs.clouds else np.arange(len(names))
+        legend = {names[c]: palette[c] for c in present.tolist() if 0 < c < len(names)}
     for cam, raw in sorted(outputs.overlays.items()):
-        _write_png(out / f"overlay_{cam}.png", np.ascontiguousarray(decode_image(deserialize_message(raw, Image))))
-        pictures.append(out / f"overlay_{cam}.png")
+        image = np.ascontiguousarray(decode_image(deserialize_message(raw, Image)))
+        pictures.append(image_with_legend(image, legend, out / f"overlay_{cam}.png"))
     return pictures
 
 

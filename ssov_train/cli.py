@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from .errors import SsovError
+from .jobs import INTERRUPTED_EXIT, Interrupted, configure_threads
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -49,7 +51,7 @@ def cmd_synth(args) -> int:
 
     path = generate_world(args.out, name=args.name, num_scenes=args.scenes, frames_per_scene=args.frames,
                           seed=args.seed, image_width=args.width, image_height=args.height, lidar=args.sensor,
-                          street=args.street)
+                          street=args.street, overwrite=args.overwrite)
     print(f"synthetic world written to {path}")
     return 0
 
@@ -148,6 +150,8 @@ def _load_train_config(args, stages: tuple[str, ...]):
     overrides = dict(args.set or [])
     if getattr(args, "output", None):
         overrides["output"] = args.output
+    if getattr(args, "keep_checkpoints", None) is not None:
+        overrides["keep_checkpoints"] = args.keep_checkpoints
     cfg = load_config(TrainConfig, args.cfg, overrides)
     if cfg.stage not in stages:
         raise ConfigError(f"{args.cfg} configures stage {cfg.stage}; `ssov-train {args.command}` runs "
@@ -170,17 +174,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _default_eval_dir(cfg, model: Path, afi: bool) -> Path:
-    """eval_<split>[_afi] in the config's run directory: next to a model of that run, else named after the model
-    (a model elsewhere, e.g. a package in the tracked models/, must not get its results written beside it)."""
-    run_dir = Path(cfg.output)
-    name = f"eval_{cfg.eval_split}" + ("_afi" if afi else "")
-    if run_dir.resolve() in model.resolve().parents:
-        return run_dir / name
-    named = model.parent if model.suffix in (".yaml", ".onnx") else model  # a package given by its model.yaml
-    return run_dir / f"{name}_{named.name.split('.')[0]}"
-
-
 def cmd_evaluate(args) -> int:
     from .training.stages import run_evaluation
 
@@ -189,9 +182,8 @@ def cmd_evaluate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError("evaluate: give the model with --model (or --resume-path)")
-    model = Path(args.model or args.resume_path)
-    out = Path(args.out) if args.out else _default_eval_dir(cfg, model, args.afi)
-    metrics = run_evaluation(cfg, model, out, afi=args.afi, backend=args.backend)
+    metrics = run_evaluation(cfg, Path(args.model or args.resume_path), Path(args.out) if args.out else None,
+                             afi=args.afi, backend=args.backend)
     miou = metrics["miou"]
     print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {metrics['num_scans']} scans "
           f"-> {metrics['files']['json']}")
@@ -215,11 +207,34 @@ def _report_failures(failures) -> int:
     return 1
 
 
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number >= 1, got {text!r}")
+    return n
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_threads, metavar="N",
+                        help="torch CPU threads (default: 1 on machines with <= 2 cores, where more threads wait "
+                             "on each other; torch's default otherwise; OMP_NUM_THREADS, when set, is kept)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssov-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    common = _common_options()
 
-    s = sub.add_parser("synth", help="generate a synthetic nuScenes-format world")
+    def add_command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    s = add_command("synth", help="generate a synthetic nuScenes-format world")
     s.add_argument("--out", required=True, help="dataset root to create")
     s.add_argument("--name", default="synthetic", help="version name: tables go to v1.0-<name>")
     s.add_argument("--scenes", type=int, default=2)
@@ -233,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--street", default="classic",
                    help="street style: classic (today's streets) or varied (verges, terrain, houses, roadworks, "
                         "every object class on every street)")
+    s.add_argument("--overwrite", action="store_true", help="replace a world already at --out")
     s.set_defaults(func=cmd_synth)
 
     def stage_parser(name: str, help_: str, func, shardable: bool = False):
-        sp = sub.add_parser(name, help=help_)
+        sp = add_command(name, help=help_)
         sp.add_argument("--cfg", required=True, help="stage config YAML (config/superpoints_*.yaml)")
         sp.add_argument("--split", help="override dataset.split")
         sp.add_argument("--output", help="override output")
@@ -267,12 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--color-by", choices=["depth", "pseudo_label"], default="depth")
 
     def train_parser(name: str, help_: str, pretraining: bool):
-        sp = sub.add_parser(name, help=help_)
+        sp = add_command(name, help=help_)
         sp.add_argument("--cfg", required=True, help="stage config YAML (config/{pretrain,annotation_free,semseg}_*.yaml)")
         sp.add_argument("--output", help="override output (the run directory)")
         sp.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE",
                         help="override any config value, e.g. --set optim.epochs=2 (repeatable)")
         sp.add_argument("--resume", action="store_true", help="continue the run in the output directory from last.pt")
+        sp.add_argument("--keep-checkpoints", type=int, metavar="N",
+                        help="keep only the newest N epoch_NNN.pt files (config keep_checkpoints; last.pt and "
+                             "best.pt are always kept)")
         if pretraining:
             sp.add_argument("--pretraining-path", type=Path,
                             help="checkpoint to initialise from (all shape-matching weights; a TMP head is skipped)")
@@ -282,17 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser("pretrain", "TMP pre-training: superpoints x teacher mask features x text", False)
     train_parser("annotation-free", "distil the teacher's pseudo-labels into the 3D network", True)
     train_parser("downstream", "finetune (dataset_skip_step) or linear-probe (freeze_layers) on ground truth", True)
-    ev = sub.add_parser("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
+    ev = add_command("evaluate", help="mIoU of a checkpoint on the config's eval_split, every point of every scan")
     ev.add_argument("--cfg", required=True, help="the annotation_free / semseg config the checkpoint was trained with")
     ev.add_argument("--resume-path", help="checkpoint to evaluate")
-    ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate")
+    ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate; its network, "
+                                    "voxel grid and input come from the file, not from --cfg")
     ev.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
-    ev.add_argument("--out", help="output directory (default: eval_<split>[_afi][_<model>] in the config's output "
-                                    "directory)")
+    ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
-    q = sub.add_parser("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
+    q = add_command("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
     q.add_argument("--resume-path", required=True, type=Path, help="model file (ssov checkpoint or model package)")
     q.add_argument("--text", required=True, help="the query, e.g. 'traffic cone'")
     src = q.add_mutually_exclusive_group(required=True)
@@ -309,9 +328,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default="auto", help="inference backend (auto: by model file type)")
     q.set_defaults(func=cmd_query)
     # Listed for --help only: main() hands `ablation ...` to ssov_train.ablation, which has its own options.
-    sub.add_parser("ablation", help="the method's ablation end to end on a synthetic world "
+    add_command("ablation", help="the method's ablation end to end on a synthetic world "
                                     "(`ssov-train ablation -h` for its options)")
     return p
+
+
+# How each command continues after Ctrl-C: training resumes from last.pt, the per-sample stages and the
+# ablation skip what is done, synth publishes its world only when whole; the others simply run again.
+_TRAIN_COMMANDS = ("pretrain", "annotation-free", "downstream")
+_SKIPS_DONE_WORK = ("teach", "superpoints", "fuse", "ablation")
+
+
+def continue_command(command: str, argv: list[str], resumable: bool = True) -> str:
+    """The hint after Ctrl-C: what to type to continue ``ssov-train <argv>`` (shell-quoted)."""
+    args = list(argv)
+    if command in _TRAIN_COMMANDS:
+        if not resumable:  # no epoch finished: nothing to resume, start again
+            return "start again with: " + shlex.join(["ssov-train", *[a for a in args if a != "--resume"]])
+        return "resume with: " + shlex.join(["ssov-train", *args, *([] if "--resume" in args else ["--resume"])])
+    if command in _SKIPS_DONE_WORK:  # --overwrite would redo what is done
+        return "resume with: " + shlex.join(["ssov-train", *[a for a in args if a != "--overwrite"]])
+    return "start again with: " + shlex.join(["ssov-train", *args])
+
+
+def _interrupted(command: str, argv: list[str], error: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C (the rank 0 process's, under torchrun), instead of a traceback."""
+    where = f" {error.where}" if isinstance(error, Interrupted) else ""
+    resumable = error.resumable if isinstance(error, Interrupted) else True
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\nssov-train {command}: interrupted{where}; {continue_command(command, argv, resumable)}",
+              file=sys.stderr, flush=True)
+    return INTERRUPTED_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,17 +366,24 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["ablation"]:
         from .ablation import main as ablation_main
 
+        threads, rest = _common_options().parse_known_args(argv[1:])
         try:
-            return ablation_main(argv[1:])
+            configure_threads(threads.threads)
+            return ablation_main(rest)
         except SsovError as e:
             print(f"ssov-train ablation: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as e:
+            return _interrupted("ablation", argv, e)
     args = build_parser().parse_args(argv)
     try:
+        configure_threads(args.threads)
         return args.func(args)
     except SsovError as e:
         print(f"ssov-train {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        return _interrupted(args.command, argv, e)
 
 
 if __name__ == "__main__":

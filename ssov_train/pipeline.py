@@ -136,13 +136,13 @@ def run_report(stage: Stage, progress: bool = True) -> dict:
 
 def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Literal["depth", "pseudo_label"] = "depth") -> Path:
     """Projected points over the frame's camera images, coloured by depth or by pseudo-label."""
-    from .evaluation.plots import camera_overlay_grid, depth_colors
+    from .evaluation.plots import DEPTH_SCALE, camera_overlay_grid, depth_colors
 
     token = token or stage.tokens()[0]
     frame = stage.reader.load(token)
     projections = project_frame(frame, ProjectionConfig(occlusion=stage.cfg.projection.occlusion,
                                                         min_depth=stage.cfg.projection.min_depth))
-    legend, sizes = None, None
+    legend, sizes, colorbar = None, None, None
     if color_by == "pseudo_label":
         sp = load_superpoints(sample_path(stage.cfg.output, token))
         palette = stage.dictionary.palette.copy()
@@ -153,6 +153,7 @@ def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Lit
         sizes = [np.where(sp.pseudo_label[p.point_index] > 0, 4.0, 0.8) for p in projections]
     else:
         colors = [depth_colors(p.depth) for p in projections]
+        colorbar = DEPTH_SCALE
     titles = [f"{c.name}: {len(p.point_index)} points" for c, p in zip(frame.cameras, projections)]
     seen = np.zeros(frame.num_points, bool)
     for p in projections:
@@ -160,4 +161,4 @@ def render_overlay(stage: Stage, token: Optional[str], path: Path, color_by: Lit
     return camera_overlay_grid([c.load_image() for c in frame.cameras], titles, [p.uv for p in projections], colors,
                                path, suptitle=f"{frame.dataset} {token}: {seen.mean():.0%} of "
                                               f"{frame.num_points} points seen by a camera ({color_by})",
-                               legend=legend, sizes=sizes)
+                               legend=legend, sizes=sizes, colorbar=colorbar)

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from .data.frame import Frame
 from .errors import DataError
 from .geometry.projection import ProjectionConfig, project_to_camera
 from .io import load_npz_with_meta, save_npz_atomic, write_json_atomic
+from .jobs import Interrupted, progress_bar
 from .teachers.format import TeacherSource
 from .vocab import ClassDictionary
 
@@ -250,19 +251,25 @@ def run_per_sample(tokens: list[str], compute: Callable[[str, Path], None], out_
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     result = RunResult()
     t0 = time.perf_counter()
-    bar = tqdm(shard_tokens(tokens, shard), desc=f"{what} {shard[0] + 1}/{shard[1]}", unit="scan",
-               disable=not progress)
-    for token in bar:
-        path = sample_path(out_dir, token)
-        if path.exists() and not overwrite:
-            result.skipped.append(token)
-            continue
-        try:
-            compute(token, path)
-            result.done.append(token)
-        except (DataError, OSError) as e:
-            result.failed.append((token, str(e)))
-            bar.write(f"skipped sample {token}: {e}")
+    bar = progress_bar(shard_tokens(tokens, shard), enabled=progress, desc=f"{what} {shard[0] + 1}/{shard[1]}",
+                       unit="scan")
+    try:
+        for token in bar:
+            path = sample_path(out_dir, token)
+            if path.exists() and not overwrite:
+                result.skipped.append(token)
+                continue
+            try:
+                compute(token, path)
+                result.done.append(token)
+            except (DataError, OSError) as e:
+                result.failed.append((token, str(e)))
+                bar.write(f"skipped sample {token}: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # every sample file is atomic: a rerun skips those written
+        raise Interrupted(f"after {len(result.done)} {what} samples computed ({len(result.skipped)} already "
+                          "present)") from None
+    finally:
+        bar.close()
     result.seconds = time.perf_counter() - t0
     write_manifest(manifest, tokens, result, manifest_info)
     return result

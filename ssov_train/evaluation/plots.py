@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import matplotlib
 
@@ -55,19 +55,43 @@ def iou_bar_chart(series: dict[str, Sequence[float]], class_names: Sequence[str]
     return _save(fig, path)
 
 
+class ColorScale(NamedTuple):
+    """A continuous colour scale: what a colour bar shows (matplotlib colour map, value range, label)."""
+
+    cmap: str
+    vmin: float
+    vmax: float
+    label: str
+
+
+# Depth of projected points: 0..50 m, farther points take the 50 m colour.
+DEPTH_SCALE = ColorScale("turbo", 0.0, 50.0, "depth (m; 50 m and beyond: the last colour)")
+# Legend swatches and markers get this outline, so pale palette colours (manmade: lavender) show on white.
+SWATCH_EDGE = "#555555"
+
+
+def legend_handles(legend: dict[str, np.ndarray], marker: str = "s") -> list:
+    """Legend entries for ``{label: RGB uint8}``: square swatches with a grey outline (pale colours stay visible
+    on the white figure background)."""
+    return [plt.Line2D([], [], marker=marker, ls="", markersize=8, color=np.asarray(c, dtype=np.float64) / 255.0,
+                       markeredgecolor=SWATCH_EDGE, label=k) for k, c in legend.items()]
+
+
 def camera_overlay_grid(images: Sequence[np.ndarray], titles: Sequence[str], points_uv: Sequence[np.ndarray],
                         colors: Sequence[np.ndarray], path: str | Path, suptitle: str = "",
                         legend: dict[str, np.ndarray] | None = None, point_size: float = 1.2,
-                        sizes: Sequence[np.ndarray] | None = None) -> Path:
+                        sizes: Sequence[np.ndarray] | None = None, colorbar: Optional[ColorScale] = None) -> Path:
     """Six (or any number of) images in a grid of 3 columns with projected points drawn over them.
 
     ``colors`` are (M, 3) uint8 per point, ``sizes`` optional (M,) marker sizes; ``legend`` maps a label to
-    an RGB uint8 colour.
+    an RGB uint8 colour (class colours); ``colorbar`` adds a horizontal colour bar below the grid (colours
+    that encode a value, such as :data:`DEPTH_SCALE`).
     """
     n = len(images)
     cols = 3 if n > 1 else 1
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows + (0.6 if legend else 0)))
+    below = 0.6 if (legend or colorbar) else 0
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows + below))
     axes = np.atleast_1d(axes).ravel()
     for ax in axes[n:]:
         ax.axis("off")
@@ -81,18 +105,54 @@ def camera_overlay_grid(images: Sequence[np.ndarray], titles: Sequence[str], poi
         ax.set_ylim(img.shape[0], 0)
         ax.axis("off")
     if legend:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=np.asarray(c) / 255.0, label=k) for k, c in legend.items()]
+        handles = legend_handles(legend)
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05 if legend else 0, 1, 0.97 if suptitle else 1))
+    bottom = 0.05 if legend else (0.09 if colorbar else 0)
+    fig.tight_layout(rect=(0, bottom, 1, 0.97 if suptitle else 1))
+    if colorbar:
+        bar_ax = fig.add_axes((0.3, 0.03, 0.4, 0.018))
+        mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(colorbar.vmin, colorbar.vmax),
+                                                plt.get_cmap(colorbar.cmap))
+        fig.colorbar(mappable, cax=bar_ax, orientation="horizontal").set_label(colorbar.label, fontsize=9)
     return _save(fig, path, dpi=80)
 
 
-def depth_colors(depth: np.ndarray, max_depth: float = 50.0) -> np.ndarray:
-    """Turbo colour map of depth, (M, 3) uint8."""
-    cmap = plt.get_cmap("turbo")
-    return (cmap(np.clip(depth / max_depth, 0, 1))[:, :3] * 255).astype(np.uint8)
+def scale_colors(values: np.ndarray, scale: ColorScale) -> np.ndarray:
+    """(M, 3) uint8 colours of ``values`` on ``scale`` (values outside its range take the end colours)."""
+    t = np.clip((np.asarray(values, dtype=np.float64) - scale.vmin) / (scale.vmax - scale.vmin), 0, 1)
+    return (plt.get_cmap(scale.cmap)(t)[:, :3] * 255).astype(np.uint8)
+
+
+def depth_colors(depth: np.ndarray) -> np.ndarray:
+    """Colours of point depths on :data:`DEPTH_SCALE`, (M, 3) uint8."""
+    return scale_colors(depth, DEPTH_SCALE)
+
+
+def image_with_legend(image: np.ndarray, legend: dict[str, np.ndarray], path: str | Path) -> Path:
+    """An RGB uint8 image (a camera overlay the node published) written as PNG, pixel for pixel, with a white
+    strip below it holding the legend of its class colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    handles = legend_handles(legend)
+    ncol = max(1, min(len(handles), width // 170))
+    strip = 30 * int(np.ceil(len(handles) / ncol)) + 10  # pixels
+    dpi = 100
+    fig = matplotlib.figure.Figure(figsize=(width / dpi, strip / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    if handles:
+        fig.legend(handles=handles, loc="center", ncol=ncol, fontsize=10, frameon=False)
+    canvas.draw()
+    legend_rgb = np.asarray(canvas.buffer_rgba())[:strip, :width, :3]
+    pad = width - legend_rgb.shape[1]  # Agg rounds the canvas size: pad to the image's width with white
+    legend_rgb = np.pad(legend_rgb, ((0, 0), (0, pad), (0, 0)), constant_values=255)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate([np.asarray(image, np.uint8)[:, :, :3], legend_rgb], 0)).save(tmp, "PNG")
+    return path
 
 
 def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str,
@@ -166,6 +226,11 @@ def _short_count(n: float) -> str:
 
 
 _BEV_BACKGROUND = "#4a4e57"  # mid-dark: both near-white (manmade) and dark (sidewalk) palette colours show
+# The error panel: blue = correct, red = wrong (a pair colour-blind readers tell apart), and points without
+# ground truth faint grey, as in every panel.
+_CORRECT = np.array([0.35, 0.7, 1.0])
+_ERROR = np.array([0.95, 0.1, 0.1])
+_NO_GROUND_TRUTH = "#d0d0d0"
 
 
 def _bev_frame(ax, extent: float, ylabel: bool = True) -> None:
@@ -203,11 +268,10 @@ def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette
     fig, axes = plt.subplots(1, 3, figsize=(17.5, 6.6), sharex=True, sharey=True)
     n_lab = int(labelled.sum())
     err_title = f"errors: {int(wrong.sum())} of {n_lab} labelled points ({100 * wrong.sum() / max(n_lab, 1):.1f}%)"
-    panels = [("ground truth", pal[gt]), ("prediction", pal[pred]),
-              (err_title, np.where(wrong[:, None], np.array([0.95, 0.1, 0.1]), np.array([0.72, 0.72, 0.72])))]
+    panels = [("ground truth", pal[gt]), ("prediction", pal[pred]), (err_title, np.where(wrong[:, None], _ERROR, _CORRECT))]
     for ax, (name, colors) in zip(axes, panels):
         ax.set_facecolor(_BEV_BACKGROUND)
-        ax.scatter(xy[~labelled, 0], xy[~labelled, 1], s=size, c="#d0d0d0", alpha=0.18, linewidths=0,
+        ax.scatter(xy[~labelled, 0], xy[~labelled, 1], s=size, c=_NO_GROUND_TRUTH, alpha=0.18, linewidths=0,
                    rasterized=True)
         order, sizes = np.flatnonzero(labelled), size
         if name == err_title:  # errors on top of correct points, and larger
@@ -219,11 +283,13 @@ def bev_comparison(points: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette
     axes[0].set_ylabel("y (m)")
 
     present = np.union1d(np.unique(gt[labelled]), np.unique(pred[labelled]))
-    handles = [plt.Line2D([], [], marker="s", ls="", markersize=8, color=pal[c], markeredgecolor="#555555",
-                          label=class_names[c]) for c in present]
-    handles += [plt.Line2D([], [], marker="s", ls="", markersize=8, color=c, markeredgecolor="#555555", label=lab)
-                for c, lab in ((np.array([0.72, 0.72, 0.72]), "correct"), (np.array([0.95, 0.1, 0.1]), "error"),
-                               (np.array([0.82, 0.82, 0.82, 0.35]), f"{class_names[0]} (no ground truth)"))]
+    handles = legend_handles({class_names[c]: palette[c] for c in present})
+    handles += [plt.Line2D([], [], marker="s", ls="", markersize=8, color=(0.82, 0.82, 0.82, 0.35),
+                           markeredgecolor=SWATCH_EDGE, label=f"{class_names[0]} (no ground truth)")]
+    # The error panel's colours are not classes: their own legend, inside that panel.
+    axes[2].legend(handles=[plt.Line2D([], [], marker="s", ls="", markersize=8, color=c, markeredgecolor=SWATCH_EDGE,
+                                       label=lab) for c, lab in ((_CORRECT, "correct"), (_ERROR, "error"))],
+                   loc="upper right", fontsize=8.5, framealpha=0.85)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8.5, frameon=False)
     fig.suptitle(title, fontsize=11)
     rows = int(np.ceil(len(handles) / 8))
@@ -256,7 +322,7 @@ def bev_labels(points: np.ndarray, labels: np.ndarray, palette: np.ndarray, clas
     _bev_frame(ax, extent)
     ids, counts = np.unique(labels, return_counts=True)
     handles = [plt.Line2D([], [], marker="s", ls="", markersize=8, color=pal[c] if c else (0.82, 0.82, 0.82),
-                          markeredgecolor="#555555", label=f"{class_names[c]} ({_short_count(n)})")
+                          markeredgecolor=SWATCH_EDGE, label=f"{class_names[c]} ({_short_count(n)})")
                for c, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda cn: -cn[1])]
     ncol = min(len(handles), 4) or 1
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8.5, frameon=False)

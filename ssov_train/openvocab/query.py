@@ -348,6 +348,7 @@ def run_query(model: Path, text: str, xyz: np.ndarray, intensity: np.ndarray, ou
     """Query one scan with a model file; writes ``scores.npy``, ``query.json`` and ``heatmap.png`` into out_dir."""
     from ..evaluation.plots import bev_heatmap
     from ..inference import Segmenter, open_backend
+    from ..training.checkpoint import model_label
     from ..io import write_json_atomic, atomic_path
 
     segmenter = Segmenter(open_backend(model, backend))
@@ -366,7 +367,7 @@ def run_query(model: Path, text: str, xyz: np.ndarray, intensity: np.ndarray, ou
     else:  # cosines of unrelated points are not 0: start the colour scale at the median so matches stand out
         vmin, vmax, label = float(np.median(s)), float(s.max()), "cosine similarity (grey: below the median)"
     png = bev_heatmap(xyz, s, out_dir / "heatmap.png", f"query {text!r}: {result.description}\n"
-                      f"{Path(model).name}, {scan_name or 'scan'} ({len(s)} points)",
+                      f"{model_label(model)}, {scan_name or 'scan'} ({len(s)} points)",
                       label=label, vmin=vmin, vmax=vmax)
     summary = {"text": text, "model": str(model), "scan": scan_name, "mode": result.mode,
                "description": result.description, "num_points": int(len(s)),

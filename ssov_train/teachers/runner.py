@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import __version__
 from ..data.frame import CameraView, Frame
 from ..errors import DataError
+from ..jobs import Interrupted, progress_bar
 from .format import TeacherImage, TeacherStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ def run_teacher(teacher: Teacher, frames_or_cameras: Iterable[Union[Frame, Camer
     Images already in the store are skipped unless ``overwrite`` (so an interrupted run resumes); an image whose
     input is missing or broken (DataError / OSError) is reported and the run goes on.  A teacher with
     ``predict_batch`` gets ``teacher.batch_size`` images at a time; when a batch fails, its images are retried
-    one by one so only the bad one is lost.  ``progress`` shows a progress bar (on terminals only).
+    one by one so only the bad one is lost.  ``progress`` shows a progress bar (on stderr; a status line every
+    30 s outside a terminal) and prints the counts at the end.  Ctrl-C raises :class:`~ssov_train.jobs.Interrupted`
+    with the counts so far (what was written is kept: a rerun skips it).
     """
     if store.num_prompts != teacher.num_prompts or store.feature_dim != teacher.feature_dim:
         raise DataError(f"teacher outputs at {store.root} hold {store.num_prompts} prompts / feature dim "
@@ -100,7 +102,6 @@ def run_teacher(teacher: Teacher, frames_or_cameras: Iterable[Union[Frame, Camer
     batch_size = int(getattr(teacher, "batch_size", 1)) if hasattr(teacher, "predict_batch") else 1
     failures: list[tuple[str, str]] = []
     counts = {"written": 0, "skipped": 0}
-    bar_off = None if progress else True  # None: tqdm shows the bar on terminals only
 
     def fail(cam: CameraView, e: Exception) -> None:
         failures.append((cam.token, str(e)))
@@ -120,22 +121,30 @@ def run_teacher(teacher: Teacher, frames_or_cameras: Iterable[Union[Frame, Camer
                 continue
             yield cam, frame
 
-    with tqdm(total=total, desc=f"teacher {teacher.name}", unit="img", disable=bar_off) as bar:
-        for batch in _batches(todo(), batch_size):
-            outputs = None
-            if batch_size > 1 and len(batch) > 1:
-                try:
-                    outputs = teacher.predict_batch([c for c, _ in batch], [f for _, f in batch])  # type: ignore[attr-defined]
-                except (DataError, OSError):
-                    outputs = None  # find the bad image(s) one by one below
-            for i, (cam, frame) in enumerate(batch):
-                try:
-                    out = outputs[i] if outputs is not None else teacher.predict(cam, frame=frame)
-                    store.write(cam.token, out)
-                    counts["written"] += 1
-                except (DataError, OSError) as e:
-                    fail(cam, e)
-                bar.update(1)
-    log.info("teacher %s: %d images written, %d already present, %d failed", teacher.name, counts["written"],
-             counts["skipped"], len(failures))
+    try:
+        with progress_bar(total=total, enabled=progress, desc=f"teacher {teacher.name}", unit="img") as bar:
+            for batch in _batches(todo(), batch_size):
+                outputs = None
+                if batch_size > 1 and len(batch) > 1:
+                    try:
+                        outputs = teacher.predict_batch([c for c, _ in batch], [f for _, f in batch])  # type: ignore[attr-defined]
+                    except (DataError, OSError):
+                        outputs = None  # find the bad image(s) one by one below
+                for i, (cam, frame) in enumerate(batch):
+                    try:
+                        out = outputs[i] if outputs is not None else teacher.predict(cam, frame=frame)
+                        store.write(cam.token, out)
+                        counts["written"] += 1
+                    except (DataError, OSError) as e:
+                        fail(cam, e)
+                    bar.update(1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"after {counts['written']} images written ({counts['skipped']} already present, "
+                          f"{len(failures)} failed)") from None
+    summary = (f"teacher {teacher.name}: {counts['written']} images written, {counts['skipped']} already present, "
+               f"{len(failures)} failed")
+    if progress:
+        shown = "; ".join(f"{token} ({reason})" for token, reason in failures[:3])
+        print(summary + (f": {shown}" + (" ..." if len(failures) > 3 else "") if failures else ""), flush=True)
+    log.info(summary)
     return failures

@@ -11,6 +11,7 @@ build and names the first key that does not.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -104,6 +105,18 @@ def load_model(path: str | Path, expect: Optional[dict[str, Any]] = None):
     except RuntimeError as exc:
         raise ConfigError(f"{path}: weights do not fit the model described in the file: {exc}") from exc
     return model.eval(), ckpt
+
+
+def model_label(path: str | Path) -> str:
+    """A model file's name for titles: a training run's ``last.pt`` / ``best.pt`` / ``epoch_NNN.pt`` with its
+    run directory ("annotation_free/last.pt": many runs have a last.pt), any other file (an exported package,
+    a shipped checkpoint) by its own name; an exported package given by its model.yaml by the package's name."""
+    path = Path(path)
+    if path.name == "model.yaml" and path.parent.suffix == ".ssovpkg":
+        return path.parent.name
+    if path.name in ("last.pt", "best.pt") or re.fullmatch(r"epoch_\d+\.pt", path.name):
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 def rng_state() -> dict:

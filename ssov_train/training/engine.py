@@ -6,6 +6,11 @@ state the checkpoint stores or of the config: the shuffling order is drawn from 
 sampler, augmentations from ``(seed, epoch, index)`` by the dataset, and the torch RNG state is saved; the
 checkpoint (written atomically after every epoch) carries weights, optimiser, scheduler, epoch and step.
 
+Users (and tests) follow the loop through ``on_step``, called after every optimiser step with a
+:class:`StepEvent`; Ctrl-C ends a run with :class:`~ssov_train.jobs.Interrupted` (where it stopped, whether
+``last.pt`` exists to resume from).  ``keep_checkpoints: N`` keeps only the newest N ``epoch_NNN.pt`` files;
+``last.pt`` and ``best.pt`` are separate files and always kept.
+
 Multi-process runs start through ``torchrun``: with ``WORLD_SIZE > 1`` the loop joins a gloo process group,
 shards every epoch with a :class:`DistributedSampler`, averages gradients with DDP and makes rank 0's
 BatchNorm statistics everyone's after each epoch, so every rank ends with identical weights; only rank 0
@@ -17,10 +22,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import signal
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,22 +33,33 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
-
 from ..config import to_dict
 from ..errors import ConfigError
 from ..evaluation.metrics import confusion_matrix, mean_iou
 from ..io import atomic_path, write_text_atomic
+from ..jobs import Interrupted, progress_bar
 from .checkpoint import (first_mismatch, load_checkpoint, restore_rng_state, rng_state, save_checkpoint)
 from .data import collate_scans
 from .stages import Task, checkpoint_expectations, eval_loader, predict
 
 LAST = "last.pt"
 # Config keys a resumed run may change: they do not affect the weights.
-RESUME_MAY_CHANGE = ("optim.num_workers",)
-# Fault injection for the kill-and-resume test: SIGKILL this process right after this optimiser step (a test
-# that kills from outside races the trainer on a loaded machine).
-_KILL_AFTER_STEP = int(os.environ.get("SSOV_TEST_KILL_AFTER_STEP", "0"))
+RESUME_MAY_CHANGE = ("optim.num_workers", "keep_checkpoints")
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+
+
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One finished optimiser step, as ``train(on_step=...)`` sees it: ``epoch`` counts from 1 (the epoch the
+    step belongs to), ``step`` is the global step (1 = the run's first), ``losses`` the step's training losses."""
+
+    epoch: int
+    step: int
+    losses: dict[str, float]
 
 
 @dataclass
@@ -110,9 +126,31 @@ class RunLogger:
 def _comparable_config(config: dict) -> dict:
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for dotted in RESUME_MAY_CHANGE:
-        section, key = dotted.split(".")
-        config.get(section, {}).pop(key, None)
+        *section, key = dotted.split(".")
+        (config.get(section[0], {}) if section else config).pop(key, None)
     return config
+
+
+def prune_epoch_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``epoch_NNN.pt`` files of a run (never last.pt / best.pt: other
+    names); returns the deleted paths."""
+    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
+    stale = [p for _, p in found[:max(len(found) - keep, 0)]]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+def _epoch_summary(stage: str, epoch: int, epochs: int, train_loss: float, metrics: dict[str, float],
+                   best: Optional[dict]) -> str:
+    """The line printed after each epoch: mean training loss, validation metrics, the best epoch so far."""
+    def show(name: str, value: float) -> str:
+        return f"{name} {100 * value:.2f}%" if name.endswith("miou") else f"{name} {value:.4f}"
+
+    parts = [show("train/total", train_loss)] + [show(k, v) for k, v in metrics.items()]
+    if best is not None:
+        parts.append(f"best {show(best['metric'], best['value'])} at epoch {best['epoch']}")
+    return f"{stage} epoch {epoch}/{epochs}: " + ", ".join(parts)
 
 
 def _resume_state(task: Task, run_dir: Path) -> dict:
@@ -176,13 +214,21 @@ def _validate_miou(task: Task, model: torch.nn.Module) -> dict[str, float]:
     return {"val/miou": mean_iou(cm)}
 
 
-def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) ``task`` to ``cfg.optim.epochs``; returns the run's final state summary."""
+def train(task: Task, resume: bool = False, progress: bool = True,
+          on_step: Optional[Callable[[StepEvent], None]] = None) -> dict:
+    """Run (or resume) ``task`` to ``cfg.optim.epochs``; returns the run's final state summary.
+
+    ``progress``: a progress bar and one summary line per epoch (rank 0).  ``on_step`` is called (rank 0
+    and every other rank) after each optimiser step, before the next batch is drawn.  Ctrl-C raises
+    :class:`~ssov_train.jobs.Interrupted` naming the epoch and step, and whether ``last.pt`` can resume."""
     cfg, o = task.cfg, task.cfg.optim
     ctx = init_distributed()
     run_dir = Path(cfg.output)
+    epoch, step, saved_epoch = 0, 0, None
+    running = 1  # the epoch in progress (training, validating or saving), for the Ctrl-C message
     try:
         state = _resume_state(task, run_dir) if resume else None
+        saved_epoch = None if state is None else int(state["epoch"])
         if state is None and (run_dir / LAST).exists():
             raise ConfigError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it "
                               "or choose another output directory")
@@ -192,7 +238,6 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
         optimizer = torch.optim.SGD(task.param_groups(), lr=o.lr, momentum=o.momentum, dampening=o.dampening,
                                     weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
-        epoch, step = 0, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -211,12 +256,14 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
         best_metric, higher_is_better = BEST_METRIC[cfg.stage]
         best: Optional[dict] = None if state is None else state.get("best")  # {"epoch", "metric", "value"}
         while epoch < o.epochs:
+            running = epoch + 1
             sampler.set_epoch(epoch)
             task.train_set.set_epoch(epoch)
             model.train(not cfg.freeze_layers)  # linear probe: BN statistics stay frozen
             total = len(loader) if o.max_steps_per_epoch is None else min(len(loader), o.max_steps_per_epoch)
-            bar = tqdm(loader, total=total, desc=f"{cfg.stage} epoch {epoch + 1}/{o.epochs}", unit="batch",
-                       disable=not (progress and ctx.is_main))
+            bar = progress_bar(loader, enabled=progress and ctx.is_main, total=total, unit="batch",
+                               desc=f"{cfg.stage} epoch {epoch + 1}/{o.epochs}")
+            loss_sum, loss_count = 0.0, 0
             for i, batch in enumerate(bar):
                 if i >= total:
                     break
@@ -226,10 +273,12 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
                 optimizer.step()
                 step += 1
                 values = {f"train/{k}": v.item() for k, v in losses.items()}
+                loss_sum, loss_count = loss_sum + values["train/total"], loss_count + 1
                 logger.scalars(values, step, epoch + 1)
                 bar.set_postfix(loss=f"{values['train/total']:.4f}")
-                if step == _KILL_AFTER_STEP:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if on_step is not None:
+                    on_step(StepEvent(epoch + 1, step, {k[len("train/"):]: v for k, v in values.items()}))
+            bar.close()
             logger.scalars({f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}, step, epoch + 1)
             scheduler.step()
             epoch += 1
@@ -248,15 +297,28 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> dict:
                 ckpt = {**task.meta, "config": to_dict(cfg), "state_dict": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                         "global_step": step, "rng": rng_state(), "metrics": metrics, "best": best}
-                if improved:  # before last.pt: a kill in between redoes this epoch and rewrites it identically
+                # best.pt and epoch_NNN.pt before last.pt: a kill in between redoes this epoch and rewrites
+                # them identically; a kill before last.pt still leaves the run resumable
+                if improved:
                     save_checkpoint(run_dir / BEST, ckpt)
-                save_checkpoint(run_dir / LAST, ckpt)  # a kill before this still leaves the run resumable
-                save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", ckpt)
+                if cfg.keep_checkpoints != 0:
+                    save_checkpoint(run_dir / epoch_file(epoch), ckpt)
+                save_checkpoint(run_dir / LAST, ckpt)
+                saved_epoch = epoch
+                if cfg.keep_checkpoints is not None:
+                    prune_epoch_checkpoints(run_dir, cfg.keep_checkpoints)
+                if progress:
+                    print(_epoch_summary(cfg.stage, epoch, o.epochs, loss_sum / max(loss_count, 1), metrics, best),
+                          flush=True)
             if ctx.world_size > 1:
                 dist.barrier()
         logger.close()
         return {"run_dir": str(run_dir), "last": str(run_dir / LAST), "epoch": epoch, "global_step": step,
                 "metrics": metrics, "best": best}
+    except KeyboardInterrupt:
+        held = (f"{run_dir / LAST} holds epoch {saved_epoch}" if saved_epoch is not None
+                else "no epoch finished, nothing to resume")
+        raise Interrupted(f"at epoch {running} step {step} ({held})", resumable=saved_epoch is not None) from None
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()

@@ -10,6 +10,7 @@ dictionary's classes otherwise), so they are not set in the YAML.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -29,7 +30,7 @@ from ..losses import SegmentationLoss, TMPLoss
 from ..models import MinkUNet, MinkUNetConfig
 from ..pipeline import TeacherConfig
 from ..vocab import ClassDictionary, load_dictionary
-from .checkpoint import check_expected, load_checkpoint, load_model
+from .checkpoint import check_expected, load_checkpoint, load_model, model_label
 from .data import (AugmentConfig, ScanDataset, VoxelBatch, collate_scans, hold_out_scenes, skip_tokens,
                    superpoint_tokens)
 
@@ -96,6 +97,9 @@ class TrainConfig:
     lovasz: bool = True  # segmentation loss = CE + Lovasz-softmax (reference) or CE only
     freeze_layers: bool = False  # linear probe: only the head trains, BN statistics stay frozen
     seed: int = 0
+    # epoch_NNN.pt files kept in the run directory: the newest N (0: none), null = every epoch's.
+    # last.pt (resume) and best.pt (best validation epoch) are always kept.
+    keep_checkpoints: Optional[int] = None
 
     def check(self) -> None:
         if self.stage in ("pretrain", "annotation_free") and self.superpoints is None:
@@ -112,6 +116,8 @@ class TrainConfig:
             raise ValueError("set either holdout_scenes or val_split, not both")
         if isinstance(self.holdout_scenes, list) and not self.holdout_scenes:
             raise ValueError("holdout_scenes: empty list")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 0:
+            raise ValueError("keep_checkpoints must be >= 0 (or null: keep every epoch's checkpoint)")
 
 
 def checkpoint_expectations(cfg: TrainConfig, dictionary: Optional[ClassDictionary] = None) -> dict[str, Any]:
@@ -272,22 +278,35 @@ def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int) -> Data
                       collate_fn=collate_scans)
 
 
+def default_evaluation_dir(cfg: TrainConfig, model_path: Path, afi: bool = False) -> Path:
+    """Where ``ssov-train evaluate`` writes without ``--out``: under the config's run directory (``runs/...``),
+    never next to the model file, which may sit in a tracked folder such as ``models/``; one folder per model
+    (:func:`model_label`: a run's last.pt with its run's name) and split, so evaluating several runs' last.pt,
+    a best.pt and an exported package never overwrite each other."""
+    name = re.sub(r"\.(ssovpkg|pt|onnx|engine)$", "", model_label(model_path))
+    return Path(cfg.output) / ("eval_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + f"_{cfg.eval_split}"
+                               + ("_afi" if afi else ""))
+
+
 def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Path] = None, afi: bool = False,
                    progress: bool = True, backend: str = "auto") -> dict:
     """Evaluate a class model on ``cfg.eval_split`` over ALL points of every scan (method.md §7);
-    writes metrics.json and figures into ``out_dir`` (default: next to the model file).
+    writes metrics.json and figures into ``out_dir`` (default: :func:`default_evaluation_dir`).
 
     ``checkpoint_path`` is an ssov-checkpoint or an exported model package; ``backend`` names the
-    ``ssov_train.inference`` backend (``auto``: batched spconv for a checkpoint, onnxruntime for a package)."""
-    from tqdm import tqdm
-
+    ``ssov_train.inference`` backend (``auto``: batched spconv for a checkpoint, onnxruntime for a package).
+    The model file describes itself: its network, voxel grid and input field come from the file (the
+    checkpoint's fields or the package's sidecar), never from ``cfg.model`` / ``cfg.voxel`` / ``cfg.feature``;
+    ``cfg`` gives the dataset, the vocabulary (the model's classes must be its classes), the split and the
+    batch size."""
     from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
     from ..inference import ModelSpec, open_backend
     from ..inference.backends import default_backend
     from ..inference.segmenter import class_probs
+    from ..jobs import progress_bar
 
     dictionary = load_dictionary(cfg.vocabulary)
-    expect = checkpoint_expectations(cfg, dictionary)
+    expect = {"class_names": dictionary.class_names}
     batched = backend == "auto" and default_backend(checkpoint_path) == "torch"
     if batched:
         model, ckpt = load_model(checkpoint_path, expect)
@@ -305,19 +324,21 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     if not spec.has_classes:
         raise ConfigError(f"{checkpoint_path} is a TMP pre-training model (features, no classes); evaluate an "
                           "annotation-free or downstream model")
-    stage = spec.stage
+    if len(spec.input_fields) != 1:
+        raise ConfigError(f"{checkpoint_path} takes the inputs {list(spec.input_fields)}; evaluation feeds one "
+                          "per-point field")
     reader = open_dataset(cfg.dataset, dictionary)
-    dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), cfg.voxel, cfg.feature, label_source="gt",
-                          keep_points=True)
-    name = f"eval_{cfg.eval_split}" + ("_afi" if afi else "")
-    out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_path).parent / name
+    dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), spec.voxel, spec.input_fields[0],
+                          label_source="gt", keep_points=True)
+    out_dir = Path(out_dir) if out_dir is not None else default_evaluation_dir(cfg, checkpoint_path, afi)
     acc = EvaluationAccumulator(dictionary, out_dir)
     predictions = (predict(model, eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers), with_probs=True)
                    if batched else predict_scans(dataset))
-    for scan, pred, probs in tqdm(predictions, total=len(dataset), desc="evaluate", unit="scan",
-                                  disable=not progress):
+    for scan, pred, probs in progress_bar(predictions, enabled=progress, total=len(dataset), desc="evaluate",
+                                          unit="scan"):
         if afi:
             pred = apply_afi(scan.points, probs, dictionary)
         acc.add_scan(scan.token, scan.points, scan.point_labels, pred, probs=None if afi else probs)
-    title = f"{stage} {Path(checkpoint_path).name} on {cfg.eval_split}" + (" + AFI" if afi else "")
+    title = f"{spec.stage} {model_label(checkpoint_path)} on {cfg.eval_split}" + (" + AFI" if afi else "")
     return acc.finalize(title)
+

@@ -81,14 +81,13 @@ def test_no_stage_writes_into_a_tracked_folder():
 
 
 def test_evaluate_writes_into_the_run_directory_never_beside_a_model_elsewhere(monkeypatch, tmp_path):
-    from ssov_train.cli import _default_eval_dir
+    from ssov_train.training.stages import default_evaluation_dir
 
     monkeypatch.chdir(tmp_path)
     cfg = _train("annotation_free_synthetic")  # output: runs/synthetic/annotation_free, eval_split: val
     run = Path("runs/synthetic/annotation_free")
-    assert _default_eval_dir(cfg, run / "last.pt", afi=False) == run / "eval_val"
-    assert _default_eval_dir(cfg, run / "epoch_002.pt", afi=True) == run / "eval_val_afi"
+    assert default_evaluation_dir(cfg, run / "last.pt") == run / "eval_annotation_free_last_val"
+    assert default_evaluation_dir(cfg, run / "epoch_002.pt", afi=True) == run / "eval_annotation_free_epoch_002_val_afi"
     demo = Path("models/ssov_synthetic_minkunet34c_w025.ssovpkg")
-    assert _default_eval_dir(cfg, demo, afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
-    assert _default_eval_dir(cfg, demo / "model.yaml", afi=False) == run / "eval_val_ssov_synthetic_minkunet34c_w025"
-
+    assert default_evaluation_dir(cfg, demo) == run / "eval_ssov_synthetic_minkunet34c_w025_val"
+    assert default_evaluation_dir(cfg, demo / "model.yaml") == run / "eval_ssov_synthetic_minkunet34c_w025_val"

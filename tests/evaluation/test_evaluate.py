@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from ssov_train.evaluation.evaluate import EvaluationAccumulator, apply_afi, freq_weighted_iou, fw_iou
-from ssov_train.evaluation.plots import bev_comparison, confusion_heatmap
+from ssov_train.evaluation.plots import (DEPTH_SCALE, bev_comparison, camera_overlay_grid, confusion_heatmap,
+                                         image_with_legend)
+from ssov_train.training.checkpoint import model_label
 from ssov_train.vocab import load_dictionary
 
 DICT = load_dictionary("nuscenes")
@@ -140,3 +142,69 @@ def test_plot_functions_directly(tmp_path):
     out = bev_comparison(_points(10), gt, pred, DICT.palette, DICT.class_names, tmp_path / "bev.png", "t", 20.0)
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.glob(".*"))
+
+
+def _read_png(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int64)
+
+
+def _has_colour(rgb: np.ndarray, colour, tolerance: int = 6) -> bool:
+    return bool((np.abs(rgb - np.asarray(colour)).max(axis=2) <= tolerance).any())
+
+
+def test_depth_overlay_has_a_colour_bar(tmp_path):
+    """The turbo colours of the depth scale appear only with the colour bar (no points are drawn here)."""
+    import matplotlib.pyplot as plt
+
+    image = np.full((90, 160, 3), 128, np.uint8)
+    args = ([image, image], ["a", "b"], [np.zeros((0, 2))] * 2, [np.zeros((0, 3), np.uint8)] * 2)
+    mid = (np.array(plt.get_cmap("turbo")(0.5)[:3]) * 255).round()  # 25 m
+    with_bar = _read_png(camera_overlay_grid(*args, tmp_path / "bar.png", colorbar=DEPTH_SCALE))
+    without = _read_png(camera_overlay_grid(*args, tmp_path / "plain.png"))
+    assert _has_colour(with_bar, mid) and not _has_colour(without, mid)
+    assert DEPTH_SCALE.label.startswith("depth (m")
+
+
+def test_error_view_tells_correct_from_unlabelled(tmp_path):
+    """All labelled points correct: the error panel shows them in the 'correct' colour, far from the faint grey
+    of points without ground truth (the two greys of before were 25 levels apart)."""
+    from ssov_train.evaluation import plots
+
+    gt = np.array([CAR] * 300 + [0] * 300)
+    rgb = _read_png(bev_comparison(_points(600), gt, gt, DICT.palette, DICT.class_names, tmp_path / "e.png", "t",
+                                   30.0))
+    correct = (plots._CORRECT * 255).round()
+    assert _has_colour(rgb[:, 2 * rgb.shape[1] // 3:], correct, tolerance=10)  # in the third panel
+    assert _has_colour(rgb[:, : rgb.shape[1] // 3], DICT.palette[CAR], tolerance=10)  # classes elsewhere
+    grey = np.array([0xd0, 0xd0, 0xd0])
+    assert np.abs(correct - grey).max() >= 100 and np.abs(correct - plots._ERROR * 255).max() >= 100
+
+
+def test_overlay_image_keeps_its_pixels_and_gets_a_legend_with_outlined_swatches(tmp_path):
+    """The pale manmade colour (lavender) shows on the white legend strip: its swatch has a dark outline."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 700, 3), dtype=np.uint8)
+    manmade = DICT.eval_index("manmade")
+    out = _read_png(image_with_legend(image, {"car": DICT.palette[CAR], "manmade": DICT.palette[manmade]},
+                                      tmp_path / "overlay.png"))
+    assert out.shape[1] == 700 and out.shape[0] > 120
+    assert np.array_equal(out[:120], image)
+    strip = out[120:]
+    ys, xs = np.nonzero((np.abs(strip - DICT.palette[manmade]).max(axis=2) <= 2))
+    assert len(ys) >= 20  # the manmade swatch
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    bands = [strip[top - 3: top, left: right + 1], strip[bottom + 1: bottom + 4, left: right + 1],
+             strip[top: bottom + 1, left - 3: left].transpose(1, 0, 2),
+             strip[top: bottom + 1, right + 1: right + 4].transpose(1, 0, 2)]
+    for band in bands:  # on every side, within 3 pixels, a dark (outline) pixel all along the swatch
+        assert (band.max(axis=2).min(axis=0) < 150).all()
+
+
+def test_model_label_names_run_checkpoints_by_their_run():
+    assert model_label("runs/synthetic/annotation_free/last.pt") == "annotation_free/last.pt"
+    assert model_label("runs/x/epoch_012.pt") == "x/epoch_012.pt"
+    assert model_label("models/ssov_synthetic_minkunet34c_w025.ssovpkg") == "ssov_synthetic_minkunet34c_w025.ssovpkg"
+    assert model_label("models/demo.pt") == "demo.pt"

@@ -106,27 +106,45 @@ def test_cli_profile_flags(capsys):
     assert "--max-voxels" in capsys.readouterr().err
 
 
-def test_evaluation_on_a_package_matches_the_checkpoint(tmp_path, synthetic_world, small_checkpoint, small_package):
-    from ssov_train.config import from_dict
+def test_evaluation_on_a_package_reads_the_package_model_spec(tmp_path, synthetic_world, small_checkpoint,
+                                                              small_package, capsys):
+    """A model file describes itself: evaluated under a config whose model / voxel sections describe another
+    network (MinkUNet34C, cartesian grid, what config/annotation_free_synthetic.yaml trains), the package and
+    its checkpoint give the mIoU they give under a config that matches them; only the classes must agree.
+    Without --out, results go under the config's run directory, never next to the model file."""
+    import yaml
+
+    from ssov_train.cli import main
+    from ssov_train.config import from_dict, to_dict
     from ssov_train.errors import ConfigError
     from ssov_train.training.stages import TrainConfig, run_evaluation
 
     root, _, split = synthetic_world
-    cfg = from_dict(TrainConfig, {
-        "stage": "downstream", "output": str(tmp_path / "run"), "eval_split": split,
-        "dataset": {"kind": "nuscenes", "root": str(root), "version": "v1.0-tiny", "split": split},
-        "model": {"arch": "MinkUNet18", "width": 0.125}, "optim": {"batch_size": 1, "num_workers": 0}})
-    spconv = run_evaluation(cfg, small_checkpoint, tmp_path / "torch", progress=False)
-    onnx = run_evaluation(cfg, small_package, tmp_path / "onnx", progress=False)
-    assert spconv["num_scans"] == onnx["num_scans"] == 1
-    assert onnx["miou"] == pytest.approx(spconv["miou"], abs=1e-4)
-    with pytest.raises(ConfigError, match="does not match this run: voxel is"):  # as for a checkpoint
-        run_evaluation(_with_voxel(cfg, "cartesian"), small_package, tmp_path / "bad", progress=False)
 
+    def config(**sections):
+        return from_dict(TrainConfig, {
+            "stage": "downstream", "output": str(tmp_path / "run"), "eval_split": split,
+            "dataset": {"kind": "nuscenes", "root": str(root), "version": "v1.0-tiny", "split": split},
+            "optim": {"batch_size": 1, "num_workers": 0}, **sections})
 
-def _with_voxel(cfg, mode):
-    import dataclasses
+    matching = config(model={"arch": "MinkUNet18", "width": 0.125},  # the small checkpoint's own settings
+                      voxel={"mode": "cylindrical", "size": [0.1, 1.0, 0.1]})
+    other = config(model={"arch": "MinkUNet34C", "width": 0.25}, voxel={"mode": "cartesian"})
+    reference = run_evaluation(matching, small_checkpoint, tmp_path / "torch", progress=False)
+    onnx = run_evaluation(other, small_package, tmp_path / "onnx", progress=False)
+    spconv = run_evaluation(other, small_checkpoint, tmp_path / "torch_other", progress=False)
+    assert reference["num_scans"] == onnx["num_scans"] == 1
+    assert reference["num_labelled_points"] == onnx["num_labelled_points"] > 0
+    assert spconv["miou"] == reference["miou"]
+    assert onnx["miou"] == pytest.approx(reference["miou"], abs=1e-4)
+    with pytest.raises(ConfigError, match="class_names is"):  # another vocabulary: other classes
+        run_evaluation(config(vocabulary="semantickitti"), small_package, tmp_path / "bad", progress=False)
 
-    from ssov_train.geometry.voxelize import VoxelConfig
-
-    return dataclasses.replace(cfg, voxel=VoxelConfig(mode))
+    cfg_path = tmp_path / "other.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(other)))
+    beside = sorted(p.name for p in small_package.parent.iterdir())
+    assert main(["evaluate", "--cfg", str(cfg_path), "--model", str(small_package)]) == 0
+    out = tmp_path / "run" / f"eval_small_{split}"
+    assert f"-> {out / 'metrics.json'}" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file() and (out / "iou.png").is_file()
+    assert sorted(p.name for p in small_package.parent.iterdir()) == beside

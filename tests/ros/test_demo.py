@@ -46,7 +46,9 @@ def test_demo_on_the_real_sample(tmp_path):
         assert cloud.num_points == 34688 and cloud.columns["label"].max() <= 16
     for cam in CAMERAS:
         overlay = cv2.imread(str(run / f"overlay_{cam}.png"))
-        assert overlay.shape == (900, 1600, 3)
+        assert overlay.shape[0] > 900 and overlay.shape[1:] == (1600, 3)  # the image, then the legend below it
+        legend, overlay = overlay[900:], overlay[:900]
+        assert (legend < 128).any(axis=2).mean() > 0.01  # the legend's text and swatches
         image = next(deserialize(raw, t) for _, t, _, raw in read_messages(REPO / "rosbags" / "nuscenes_sample",
                                                                             [f"/{cam.lower()}/image_raw/compressed"]))
         original = cv2.imdecode(np.frombuffer(bytes(image.data), np.uint8), cv2.IMREAD_COLOR)

@@ -327,7 +327,8 @@ def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: in
     _check(name, num_scenes, frames_per_scene, width, height, splits, street)
     root = Path(out_root)
     if root.exists() and any(root.iterdir()) and not overwrite:
-        raise ConfigError(f"{root} already exists and is not empty; remove it or pass overwrite=True")
+        raise ConfigError(f"{root} already exists and is not empty: choose another output, or replace it with "
+                          "--overwrite (ssov-train synth) / overwrite=True (generate_world)")
     version = f"v1.0-{name}"
     tokens = _Tokens(name, seed)
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
@@ -339,8 +340,12 @@ def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: in
         workers = workers or os.cpu_count() or 1
         with tqdm(total=num_scenes * frames_per_scene, desc=f"synthetic world {version}", unit="frame") as bar, \
                 ExitStack() as stack:
-            run = stack.enter_context(ProcessPoolExecutor(workers, initializer=_one_blas_thread)).map \
-                if workers > 1 else map
+            run = map
+            if workers > 1:
+                pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=_init_worker))
+                # on Ctrl-C (or any error) drop the frames not started instead of rendering them all first
+                stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+                run = pool.map
             for index in range(num_scenes):
                 scene = _scene(seed, index, frames_per_scene, street)
                 log = _logfile(name, seed, scene)
@@ -370,10 +375,14 @@ def generate_world(out_root: str | Path, name: str = "synthetic", num_scenes: in
     return root
 
 
-def _one_blas_thread() -> None:
-    """Worker initializer: BLAS threads of several workers oversubscribe the cores (~20% slower)."""
+def _init_worker() -> None:
+    """Worker initializer: one BLAS thread (several workers' BLAS threads oversubscribe the cores, ~20% slower);
+    Ctrl-C is the parent's to handle (it stops the run), not every worker's to print a traceback for."""
+    import signal
+
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)
 
 
