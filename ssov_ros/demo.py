@@ -241,8 +241,9 @@ def run_bag(bag: Path, out: Path, model: Path, rate: float, max_sweeps: int = 0,
     if cameras:  # 2-pixel points (the node's default) suit 1600x900; small images get 1-pixel points
         width = first_message(bag, camera_info_topic(cameras[0]))[1].width
         calib["cameras.point_radius"] = 2 if width >= 800 else 1
-    params = out / "node_params.yaml"
-    node_params = nest_dotted({**calib, "model.path": str(model)})
+    # the node runs in the repository (cwd=REPO): paths the user gave relative to their directory are made absolute
+    params = out.resolve() / "node_params.yaml"
+    node_params = nest_dotted({**calib, "model.path": str(Path(model).resolve())})
     write_text_atomic(params, yaml.safe_dump({"/**": {"ros__parameters": node_params}}, sort_keys=False))
     log_path = out / "node.log"
     with open(log_path, "w") as log:

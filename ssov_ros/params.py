@@ -80,10 +80,10 @@ class InputParams:
                                     "(nuScenes 0..255)", runtime=True, min=0.0, max=1e6)
     drop_invalid_points: bool = _param(False, "invalid points (NaN/Inf, beyond max_range): false = published "
                                        "with label 0, true = removed from the output", runtime=True)
-    max_range: float = _param(300.0, "metres from the sensor; farther points are invalid like NaN ones",
-                              runtime=True, min=0.1, max=1e5)
     zero_points_invalid: bool = _param(True, "points at exactly (0, 0, 0), many drivers' 'no return', are invalid "
                                        "too", runtime=True)
+    max_range: float = _param(300.0, "metres from the sensor; farther points are invalid like NaN ones",
+                              runtime=True, min=0.1, max=1e5)
 
 
 _PRESET = "NaN (.nan in YAML) = the preset's value"
@@ -94,7 +94,9 @@ class AFIParams:
     enabled: bool = _param(True, "AFI refinement and temporal smoothing; false = the raw network labels",
                            runtime=True)
     preset: Literal["nuscenes", "kitti"] = _param("nuscenes", "sensor defaults of the ground step", runtime=True)
-    ground: Literal["ransac_ring", "none"] = _param("ransac_ring", "ground step of AFI", runtime=True)
+    ground: Literal["ransac_ring", "none"] = _param("ransac_ring", "ground step of AFI: ransac_ring fits a plane by RANSAC to "
+                                                   "the low points of a ring around the sensor (its inliers keep "
+                                                   "flat classes); none skips it", runtime=True)
     ground_z_max: Optional[float] = _param(None, "metres, sensor frame: ring points below this are ground "
                                            "candidates", runtime=True, unset=_PRESET)
     ground_ring_min: Optional[float] = _param(None, "metres: inner radius of the ground ring", runtime=True,
@@ -148,7 +150,7 @@ class CameraParams:
 @dataclass
 class OutputParams:
     legend_frame: str = _param("", "frame of the class legend; empty = the frame of the first cloud")
-    legend_text_height: float = _param(1.5, "metres", min=0.01, max=100.0)
+    legend_text_height: float = _param(1.5, "height of the legend markers' text in RViz, metres", min=0.01, max=100.0)
     legend_position: list[float] = _param([0.0, 30.0, 5.0], "[x, y, z] of the legend's first line in its frame")
     max_processing_ms: float = _param(100.0, "/diagnostics warns above this (the 10 Hz frame period)",
                                       runtime=True, min=0.1, max=1e6)
