@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
-import os
+import fcntl
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "ssov-ros-test-domains"
+_domain_locks: list = []  # the held reservation's open file: the lock lasts as long as this process
+
+
+def reserve_domain(first: int = 1, last: int = 101) -> int:
+    """A ROS_DOMAIN_ID no other test process on this machine holds: the lowest id in [first, last] whose lock
+    file this process could lock exclusively. The kernel drops the lock when the process ends (even if
+    killed), so nothing is left to clean up. 101 is the highest id whose DDS ports stay below Linux's
+    ephemeral port range."""
+    DOMAIN_LOCK_DIR.mkdir(exist_ok=True)
+    for domain in range(first, last + 1):
+        lock = open(DOMAIN_LOCK_DIR / f"{domain}.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _domain_locks.append(lock)
+        return domain
+    raise RuntimeError(f"no free ROS domain id in {first}..{last}: {last - first + 1} ROS test sessions hold them "
+                       f"(locks in {DOMAIN_LOCK_DIR})")
+
+
 # A DDS domain of this test process alone: other jobs on the machine (a demo, another test run) may run a node
-# with the same name and topics on the default domain.
-DOMAIN_ID = 20 + os.getpid() % 80
+# with the same name and topics on the default domain. Every ROS test (and the processes it starts) uses it.
+DOMAIN_ID = reserve_domain()
 DEMO_MODEL = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
 OUT = "/ssov_segmenter/output/points"  # the node's labelled cloud, under its default name
 S = 1_000_000_000  # nanoseconds per second, for stamps
