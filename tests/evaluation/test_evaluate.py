@@ -140,3 +140,18 @@ def test_plot_functions_directly(tmp_path):
     out = bev_comparison(_points(10), gt, pred, DICT.palette, DICT.class_names, tmp_path / "bev.png", "t", 20.0)
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.glob(".*"))
+
+
+def test_labelled_points_predicted_as_ignore_count_as_misses():
+    """Ground truth 1,1,1,2,2 predicted 1,0,0,2,1: the two class-0 predictions are misses of class 1 (in its
+    union), never dropped. Class 1: TP 1, union 3 + 2 - 1 = 4; class 2: TP 1, union 2 + 1 - 1 = 2."""
+    from ssov_train.evaluation.metrics import accuracy, confusion_matrix, mean_iou, per_class_iou
+
+    cm = confusion_matrix(np.array([1, 1, 1, 2, 2]), np.array([1, 0, 0, 2, 1]), 3)
+    assert cm.tolist() == [[0, 0, 0], [2, 1, 0], [0, 1, 1]]
+    np.testing.assert_allclose(per_class_iou(cm), [1 / 4, 1 / 2])
+    assert mean_iou(cm) == pytest.approx(3 / 8)
+    assert accuracy(cm) == pytest.approx(2 / 5)
+    # ground-truth ignore (0) and ids outside the table are left out, whatever was predicted
+    cm = confusion_matrix(np.array([0, 0, 3, 1]), np.array([1, 2, 1, 1]), 3)
+    assert cm.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]

@@ -5,7 +5,8 @@ import pytest
 
 from ssov_train.data.sample import SampleReader
 from ssov_train.geometry.boxes import points_in_boxes
-from ssov_train.geometry.projection import ProjectionConfig, project_frame, project_points, project_to_camera
+from ssov_train.geometry.projection import (CameraProjection, ProjectionConfig, occluded_mask, project_frame,
+                                           project_points, project_to_camera)
 from ssov_train.geometry.transforms import invert, lidar_to_camera_chain, make_transform, matrix_to_quat, quat_to_matrix
 
 
@@ -119,3 +120,35 @@ def test_min_depth_and_bounds():
     assert proj.point_index.tolist() == [2]
     np.testing.assert_allclose(proj.uv[0], [100, 50])
     assert proj.pixel_rc[0].tolist() == [50, 100]
+
+
+def test_z_buffer_occluders_in_neighbouring_cells_hide_and_farther_ones_do_not():
+    """Hand-placed projections, cells of 6 px (cell = floor(u / 6), floor(v / 6)) on a 200 x 100 image; a point
+    is hidden when a point in its own or one of the 8 neighbouring cells is nearer by more than
+    10% of that depth + 0.5 m (nearest 5 m: hidden beyond 5 * 1.1 + 0.5 = 6.0 m)."""
+    uv_depth = [
+        ((20.5, 20.5), 20.0),  # 0: cell (3, 3)
+        ((25.0, 20.5), 5.0),   # 1: cell (3, 4), the next column, 4.5 px from 0: hides 0
+        ((20.5, 50.5), 20.0),  # 2: cell (8, 3)
+        ((20.5, 62.5), 5.0),   # 3: cell (10, 3), two cells below 2: too far to hide it
+        ((80.5, 80.5), 10.0),  # 4: cell (13, 13)
+        ((86.5, 86.5), 2.0),   # 5: cell (14, 14), the diagonal neighbour: hides 4
+        ((140.5, 20.5), 6.4),  # 6: cell (3, 23)
+        ((146.5, 20.5), 5.0),  # 7: cell (3, 24): 6.4 > 6.0, hides 6
+        ((170.5, 20.5), 5.9),  # 8: cell (3, 28)
+        ((176.5, 20.5), 5.0),  # 9: cell (3, 29): 5.9 <= 6.0, does not hide 8
+        ((100.5, 40.5), 9.0),  # 10: cell (6, 16), alone with 11 in its own cell
+        ((101.5, 41.5), 3.0),  # 11: same cell, nearer: hides 10
+    ]
+    proj = CameraProjection(np.arange(len(uv_depth)), np.array([uv for uv, _ in uv_depth], np.float32),
+                            np.array([d for _, d in uv_depth], np.float32))
+    hidden = occluded_mask(proj, 200, 100, radius_px=6.0, rel_tol=0.10, abs_tol=0.5)
+    assert np.flatnonzero(hidden).tolist() == [0, 4, 6, 10]
+    # project_to_camera scales the 6 px radius (given at 1600 px) with the image width: 0.75 px at 200 px, so the
+    # cells are 1 px and point 1 (4.5 px from point 0) no longer hides it
+    cam = type("Cam", (), dict(width=200, height=100, intrinsics=K, lidar_to_camera=LIDAR_TO_CAM))
+    near_far = np.array([[5.0, 0.0, 0.0], [20.0, -4.5 * 20 / 100, 0.0]])  # u = 100 and 104.5 px
+    proj, hidden_count = project_to_camera(near_far, cam, ProjectionConfig(occlusion=True))
+    assert hidden_count == 0 and sorted(proj.point_index.tolist()) == [0, 1]
+    proj, hidden_count = project_to_camera(near_far, cam, ProjectionConfig(occlusion=True, occlusion_radius_px=48))
+    assert hidden_count == 1 and proj.point_index.tolist() == [0]  # 6 px cells at 200 px width

@@ -79,3 +79,25 @@ def test_first_mismatch_is_a_dotted_path():
     assert first_mismatch({"optim": {"lr": 0.1, "epochs": 2}}, {"optim": {"lr": 0.1, "epochs": 3}}) == "optim.epochs"
     assert first_mismatch({"a": [1, 2]}, {"a": (1, 2)}) is None
     assert first_mismatch({"a": 1}, {"a": 1, "b": 2}) == "b"
+
+
+def test_a_checkpoint_missing_an_expected_key_is_one_clear_error(tmp_path):
+    saved = _checkpoint()
+    del saved["input_fields"]
+    del saved["model"]["width"]
+    path = save_checkpoint(tmp_path / "old.pt", saved)
+    with pytest.raises(ConfigError, match=r"old.pt has no 'input_fields' \(expected \['intensity'\]\)"):
+        load_checkpoint(path, {"model.arch": "MinkUNet18", "input_fields": ["intensity"]})
+    with pytest.raises(ConfigError, match=r"has no 'model.width'"):
+        load_checkpoint(path, {"model.width": 0.25})
+    with pytest.raises(ConfigError, match=r"has no 'model.arch.name'"):  # a value where a section was expected
+        load_checkpoint(path, {"model.arch.name": "MinkUNet18"})
+    assert load_checkpoint(path, {"model.arch": "MinkUNet18"})["stage"] == "annotation_free"  # present keys pass
+
+
+def test_load_model_refuses_a_checkpoint_without_weights(tmp_path):
+    saved = _checkpoint()
+    del saved["state_dict"]
+    path = save_checkpoint(tmp_path / "no_weights.pt", saved)
+    with pytest.raises(ConfigError, match="no_weights.pt: no model config / weights"):
+        ck.load_model(path)

@@ -79,3 +79,11 @@ def test_validation_errors(mutate, message):
 def test_missing_dictionary_names_builtins(tmp_path):
     with pytest.raises(ConfigError, match="built-in"):
         load_dictionary("klingon")
+
+
+def test_raw_ids_at_and_beyond_the_table_length_map_to_ignore():
+    """SemanticKITTI's largest raw id is 259 (moving-other-vehicle), so its table has 260 rows: raw id 260, exactly
+    the table length, is outside it (ignore), like 261 and -1; 259 itself still maps."""
+    kitti = load_dictionary("semantickitti")
+    assert len(kitti.raw_to_eval) == 260
+    assert kitti.map_raw(np.array([259, 260, 261, -1])).tolist() == [5, 0, 0, 0]
