@@ -27,8 +27,8 @@ from .spec import ModelSpec
 
 _FACTORIES: dict[str, str | Callable[..., "Backend"]] = {
     "torch": "ssov_train.inference.backends:TorchBackend",
-    "onnxruntime": "ssov_ssov_export.onnx_backend:OnnxRuntimeBackend",
-    "tensorrt": "ssov_ssov_export.tensorrt_backend:TensorRTBackend",
+    "onnxruntime": "ssov_export.onnx_backend:OnnxRuntimeBackend",
+    "tensorrt": "ssov_export.tensorrt_backend:TensorRTBackend",
 }
 
 
