@@ -196,7 +196,9 @@ class Harness:
     def publisher(self, topic: str, msg_type, qos=10):
         return self.peer.create_publisher(msg_type, topic, qos)
 
-    def spin_until(self, predicate, timeout: float = 10.0) -> bool:
+    # Generous waits: a machine running two test suites at once may take many seconds for one frame; a healthy
+    # run returns as soon as the condition holds.
+    def spin_until(self, predicate, timeout: float = 60.0) -> bool:
         import time
 
         end = time.monotonic() + timeout
@@ -206,7 +208,7 @@ class Harness:
             self.executor.spin_once(timeout_sec=0.05)
         return True
 
-    def wait_matched(self, pub, count: int = 1, timeout: float = 10.0) -> bool:
+    def wait_matched(self, pub, count: int = 1, timeout: float = 60.0) -> bool:
         return self.spin_until(lambda: pub.get_subscription_count() >= count, timeout)
 
     def close(self) -> None:
