@@ -261,3 +261,22 @@ def test_load_dictionary_by_name_path_and_installed_share(tmp_path, monkeypatch)
         load_dictionary("klingon")
     assert str(err.value) == (f"class dictionary 'klingon' not found at {VOCAB_DIR / 'klingon.yaml'} (built-in: "
                               f"['nuscenes', 'semantickitti', 'tinyshare'])")
+
+
+def test_raw_id_zero_maps_like_any_other_and_the_default_source_is_named():
+    doc = _tiny()
+    doc["raw_classes"][0]["eval"] = "road"  # a dataset whose raw id 0 is a real class
+    d = parse_dictionary(doc)
+    assert d.map_raw(np.array([0, 1, 2])).tolist() == [2, 1, 2] and d.source == "<dict>"
+    with pytest.raises(ConfigError) as err:
+        parse_dictionary([])
+    assert str(err.value) == "class dictionary <dict>: top level must be a mapping"
+
+
+def test_vocab_dirs_without_ament_prefix_path(monkeypatch):
+    from ssov_train.vocab import dictionary as dictionary_module
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert dictionary_module.vocab_dirs() == [VOCAB_DIR, Path(sys.prefix) / "share" / "ssov_ros" / "config" / "vocab"]
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "")
+    assert len(dictionary_module.vocab_dirs()) == 2
