@@ -152,3 +152,52 @@ def test_z_buffer_occluders_in_neighbouring_cells_hide_and_farther_ones_do_not()
     assert hidden_count == 0 and sorted(proj.point_index.tolist()) == [0, 1]
     proj, hidden_count = project_to_camera(near_far, cam, ProjectionConfig(occlusion=True, occlusion_radius_px=48))
     assert hidden_count == 1 and proj.point_index.tolist() == [0]  # 6 px cells at 200 px width
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"min_depth": -0.1}, "min_depth must be >= 0, got -0.1"),
+    ({"occlusion_radius_px": 0.0}, "occlusion_radius_px must be > 0, got 0.0"),
+    ({"occlusion_rel_tol": -0.01}, "occlusion tolerances must be >= 0"),
+    ({"occlusion_abs_tol": -0.5}, "occlusion tolerances must be >= 0"),
+])
+def test_projection_config_check_names_the_bad_value(fields, message):
+    with pytest.raises(ValueError) as err:
+        ProjectionConfig(**fields).check()
+    assert str(err.value) == message
+
+
+def test_projection_config_accepts_its_boundaries():
+    ProjectionConfig(min_depth=0.0, occlusion_radius_px=1e-6, occlusion_rel_tol=0.0, occlusion_abs_tol=0.0).check()
+    assert ProjectionConfig() == ProjectionConfig(min_depth=1.0, occlusion=True, occlusion_radius_px=6.0,
+                                                  occlusion_rel_tol=0.10, occlusion_abs_tol=0.5, multi_camera="vote")
+
+
+def test_projection_of_hand_placed_points_keeps_order_pixels_and_depths():
+    # LIDAR_TO_CAM and K: (u, v) = (100 - 100 y / x, 50 - 100 z / x), depth x; the image is 200 x 100
+    pts = np.array([[4.0, 1.0, 0.5],     # (75, 37.5), depth 4: inside
+                    [1.0, 0, 0],         # depth 1 = min_depth: not in front (depth must exceed it)
+                    [2.0, -1.99, 0.0],   # u = 199.5: inside, last column
+                    [2.0, -2.0, 0.0],    # u = 200: outside (u < W)
+                    [2.0, 2.0, 0.0],     # u = 0: inside, first column
+                    [2.0, 0.0, 1.0],     # v = 0: inside, first row
+                    [2.0, 0.0, -1.0]])   # v = 100: outside (v < H)
+    proj = project_points(pts, LIDAR_TO_CAM, K, 200, 100, 1.0)
+    assert proj.point_index.tolist() == [0, 2, 4, 5]
+    np.testing.assert_allclose(proj.uv, [[75, 37.5], [199.5, 50], [0, 50], [100, 0]], atol=1e-4)
+    assert proj.uv.dtype == np.float32 and proj.depth.dtype == np.float32
+    np.testing.assert_allclose(proj.depth, [4, 2, 2, 2])
+    assert proj.pixel_rc.tolist() == [[37, 75], [50, 199], [50, 0], [0, 100]]
+    sub = proj.subset(np.array([False, True, False, True]))
+    assert sub.point_index.tolist() == [2, 5] and sub.pixel_rc.tolist() == [[50, 199], [0, 100]]
+    # with a 0.5 m minimum depth the 1 m point is in front
+    assert project_points(pts, LIDAR_TO_CAM, K, 200, 100, 0.5).point_index.tolist() == [0, 1, 2, 4, 5]
+
+
+def test_project_frame_gives_one_projection_per_camera_in_order():
+    class Frame:
+        points = np.array([[10.0, 0, 0], [-10.0, 0, 0]])
+        cameras = [_Cam, type("Back", (), dict(width=200, height=100, intrinsics=K,
+                                               lidar_to_camera=LIDAR_TO_CAM @ np.diag([-1.0, -1, 1, 1])))]
+
+    front, back = project_frame(Frame, ProjectionConfig(occlusion=False))
+    assert front.point_index.tolist() == [0] and back.point_index.tolist() == [1]
