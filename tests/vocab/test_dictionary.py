@@ -217,6 +217,9 @@ KNOWN = ("['allowed_duplicate_prompts', 'categories', 'dataset', 'eval_classes',
      "category 'road': prompts must be a non-empty list of non-empty strings"),
     (_set(["categories", 2, "prompts"], ["sky", "car"]),
      "duplicate prompts 'car' (ids [0, 4]); list intended duplicates under allowed_duplicate_prompts"),
+    (_set(["categories", 2, "prompts"], ["road", "car"]),
+     "duplicate prompts 'car' (ids [0, 4]), 'road' (ids [2, 3]); list intended duplicates under "
+     "allowed_duplicate_prompts"),
 ])
 def test_every_validation_error_is_one_message_naming_the_file(mutate, message):
     doc = _tiny()
