@@ -189,6 +189,8 @@ def test_projection_of_hand_placed_points_keeps_order_pixels_and_depths():
     assert proj.pixel_rc.tolist() == [[37, 75], [50, 199], [50, 0], [0, 100]]
     sub = proj.subset(np.array([False, True, False, True]))
     assert sub.point_index.tolist() == [2, 5] and sub.pixel_rc.tolist() == [[50, 199], [0, 100]]
+    np.testing.assert_allclose(sub.depth, [2, 2])
+    np.testing.assert_allclose(sub.uv, [[199.5, 50], [100, 0]], atol=1e-4)
     # with a 0.5 m minimum depth the 1 m point is in front
     assert project_points(pts, LIDAR_TO_CAM, K, 200, 100, 0.5).point_index.tolist() == [0, 1, 2, 4, 5]
 
@@ -201,3 +203,33 @@ def test_project_frame_gives_one_projection_per_camera_in_order():
 
     front, back = project_frame(Frame, ProjectionConfig(occlusion=False))
     assert front.point_index.tolist() == [0] and back.point_index.tolist() == [1]
+
+
+def _projection(uv_depth):
+    return CameraProjection(np.arange(len(uv_depth)), np.array([uv for uv, _ in uv_depth], np.float32).reshape(-1, 2),
+                            np.array([d for _, d in uv_depth], np.float32))
+
+
+def test_z_buffer_edges_by_hand():
+    # nothing, and one point alone: nothing hidden, one flag per point
+    for uv_depth in ([], [((50.5, 50.5), 10.0)]):
+        hidden = occluded_mask(_projection(uv_depth), 200, 100, 6.0, 0.1, 0.5)
+        assert hidden.dtype == bool and hidden.tolist() == [False] * len(uv_depth)
+    # points in the first row and column of cells have no neighbours beyond the border (not depth 0)
+    hidden = occluded_mask(_projection([((0.5, 0.5), 10.0), ((199.5, 99.5), 10.0), ((0.5, 99.5), 10.0)]),
+                           200, 100, 6.0, 0.1, 0.5)
+    assert hidden.tolist() == [False, False, False]
+    # two cells above or left of a point is as far as two cells below or right: not a neighbour
+    hidden = occluded_mask(_projection([((110.5, 74.5), 20.0), ((110.5, 62.5), 2.0),   # rows 12 and 10
+                                        ((60.5, 30.5), 20.0), ((48.5, 30.5), 2.0)]),   # cols 10 and 8
+                           200, 100, 6.0, 0.1, 0.5)
+    assert hidden.tolist() == [False, False, False, False]
+    # cells are radius_px wide down to 1 px: at 1 px, points 2 px apart are two cells apart; 0.5 px is still 1 px
+    for radius in (1.0, 0.5):
+        hidden = occluded_mask(_projection([((10.5, 10.5), 20.0), ((12.5, 10.5), 2.0),
+                                            ((30.5, 10.5), 20.0), ((31.5, 10.5), 2.0)]), 200, 100, radius, 0.1, 0.5)
+        assert hidden.tolist() == [False, False, True, False]
+    # exactly at the tolerance (5 + 0 * 5 + 0.5 = 5.5) is not hidden: hidden means nearer by more than it
+    hidden = occluded_mask(_projection([((20.5, 20.5), 5.5), ((25.0, 20.5), 5.0), ((60.5, 20.5), 5.51),
+                                        ((65.0, 20.5), 5.0)]), 200, 100, 6.0, 0.0, 0.5)
+    assert hidden.tolist() == [False, False, True, False]
