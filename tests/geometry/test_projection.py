@@ -233,3 +233,19 @@ def test_z_buffer_edges_by_hand():
     hidden = occluded_mask(_projection([((20.5, 20.5), 5.5), ((25.0, 20.5), 5.0), ((60.5, 20.5), 5.51),
                                         ((65.0, 20.5), 5.0)]), 200, 100, 6.0, 0.0, 0.5)
     assert hidden.tolist() == [False, False, True, False]
+
+
+def test_project_to_camera_passes_min_depth_and_scales_the_radius_from_1600_px():
+    # 1600 px wide: the configured 6 px radius stays 6 px. u = -100 y / x, v = 450 - 100 z / x.
+    class Wide:
+        width, height, lidar_to_camera = 1600, 900, LIDAR_TO_CAM
+        intrinsics = np.array([[100.0, 0, 0], [0, 100, 450], [0, 0, 1]])
+
+    pts = np.array([[20.0, -0.005 * 20, 0],        # u = 0.5: cell column 0, 20 m
+                    [5.0, -0.11995 * 5, 0]])       # u = 11.995: column 1 (11.995 / 6 = 1.999), 5 m: hides point 0
+    proj, hidden = project_to_camera(pts, Wide, ProjectionConfig(occlusion=True))
+    assert hidden == 1 and proj.point_index.tolist() == [1]
+    near = np.array([[0.8, 0.0, 0.0], [1.5, 0.0, 0.0]])  # depths 0.8 and 1.5 m
+    assert project_points(near, LIDAR_TO_CAM, K, 200, 100).point_index.tolist() == [1]  # default min_depth 1 m
+    proj, _ = project_to_camera(near, _Cam, ProjectionConfig(min_depth=0.5, occlusion=False))
+    assert proj.point_index.tolist() == [0, 1]
