@@ -101,3 +101,45 @@ def test_load_model_refuses_a_checkpoint_without_weights(tmp_path):
     path = save_checkpoint(tmp_path / "no_weights.pt", saved)
     with pytest.raises(ConfigError, match="no_weights.pt: no model config / weights"):
         ck.load_model(path)
+
+
+def test_checkpoint_messages_and_helpers_by_hand(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", _checkpoint())
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(path, {"model.arch": "MinkUNet34C"})
+    assert str(err.value) == (f"checkpoint {path} does not match this run: model.arch is 'MinkUNet18' there, "
+                              "'MinkUNet34C' here")
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(path, {"feature_dim": 512})
+    assert "feature_dim is None there, 512 here" in str(err.value)  # present with the value None: not missing
+    assert load_checkpoint(path, {"feature_dim": None, "voxel.size": (0.1, 1.0, 0.1)})["epoch"] == 1
+    with pytest.raises(DataError) as err:
+        load_checkpoint(tmp_path / "nope.pt")
+    assert str(err.value) == f"checkpoint not found: {tmp_path / 'nope.pt'}"
+    torch.save({"format": ck.FORMAT_NAME, "version": ck.FORMAT_VERSION + 1}, tmp_path / "newer.pt")
+    with pytest.raises(DataError) as err:
+        load_checkpoint(tmp_path / "newer.pt")
+    assert str(err.value) == (f"checkpoint {tmp_path / 'newer.pt'} has format version {ck.FORMAT_VERSION + 1}; "
+                              f"this ssov reads version {ck.FORMAT_VERSION}")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'list.pt'} is not an ssov checkpoint$"):
+        load_checkpoint(tmp_path / "list.pt")
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(DataError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "dir.pt")
+    shipped = ck.without_training_state(_checkpoint())
+    assert not {"optimizer", "scheduler", "rng", "global_step"} & set(shipped) and shipped["epoch"] == 1
+    # the RNG state round trip: the same draws after restoring
+    state = ck.rng_state()
+    first = torch.rand(3)
+    ck.restore_rng_state(state)
+    assert torch.equal(torch.rand(3), first)
+
+
+def test_first_mismatch_paths_by_hand():
+    assert first_mismatch({"a": {"b": 1}}, {"a": {"b": 1}}) is None
+    assert first_mismatch({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}) == "a.c"  # missing on the current side
+    assert first_mismatch({"b": 1, "a": 1}, {"a": 2, "b": 2}) == "a"  # keys in sorted order
+    assert first_mismatch(1, 2) == "<root>" and first_mismatch([1], [1]) is None
+    assert first_mismatch({"a": 1}, {"a": {"x": 1}}) == "a"
+    assert first_mismatch({"a": [1, {"b": (2,)}]}, {"a": [1, {"b": [2]}]}) is None
