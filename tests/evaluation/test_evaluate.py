@@ -178,3 +178,17 @@ def test_metrics_edges_by_hand():
     assert math.isnan(mean_iou(empty)) and math.isnan(accuracy(empty))
     assert none_if_nan(float("nan")) is None and none_if_nan(np.float32(0.25)) == 0.25
     assert type(none_if_nan(np.float32(0.25))) is float
+
+
+def test_metrics_take_uint8_labels_and_stay_quiet_when_undefined():
+    import warnings
+
+    from ssov_train.evaluation.metrics import accuracy, confusion_matrix, mean_iou
+
+    # uint8 labels (as stored): gt * 17 + pred would wrap around in uint8 (16 * 17 = 272)
+    cm = confusion_matrix(np.array([16, 16, 15], np.uint8), np.array([16, 15, 15], np.uint8), 17)
+    assert cm[16, 16] == 1 and cm[16, 15] == 1 and cm[15, 15] == 1 and cm.sum() == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined metrics are NaN without a numpy warning
+        assert np.isnan(mean_iou(np.zeros((3, 3), np.int64)))
+        assert np.isnan(accuracy(np.zeros((3, 3), np.int64)))
