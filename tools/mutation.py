@@ -166,7 +166,8 @@ def write_doc(root: Path) -> None:
             why = f"equivalent: {s['equivalent']}" if s["equivalent"] else f"{s['status']}, not yet killed"
             change = [ln for ln in s["diff"].splitlines() if ln.startswith(("+ ", "- ", "+", "-"))
                       and not ln.startswith(("+++", "---"))]
-            lines.append(f"- `{m}` ({why}): `{' / '.join(x.strip() for x in change[:2])[:160]}`")
+            shown = " / ".join(f"{x[0]} {x[1:].strip()}" for x in change[:2])[:200]
+            lines.append(f"- `{m}` ({why}): `{shown}`")
         lines.append("")
     text = DOC.read_text() if DOC.exists() else "# Mutation testing\n\n<!-- results -->\n"
     head = text.split("<!-- results -->")[0]
