@@ -143,3 +143,25 @@ def test_first_mismatch_paths_by_hand():
     assert first_mismatch(1, 2) == "<root>" and first_mismatch([1], [1]) is None
     assert first_mismatch({"a": 1}, {"a": {"x": 1}}) == "a"
     assert first_mismatch({"a": [1, {"b": (2,)}]}, {"a": [1, {"b": [2]}]}) is None
+
+
+def test_load_model_builds_the_described_network_with_its_weights(tmp_path):
+    from ssov_train.models.minkunet import MinkUNet, MinkUNetConfig
+
+    config = {"arch": "MinkUNet18", "width": 0.0625, "in_channels": 1, "out_channels": 3}
+    torch.manual_seed(0)
+    net = MinkUNet(MinkUNetConfig(**config))
+    saved = {**_checkpoint(), "model": config, "state_dict": net.state_dict()}
+    path = save_checkpoint(tmp_path / "m.pt", saved)
+    model, ckpt = ck.load_model(path, {"model.width": 0.0625})
+    assert isinstance(model, MinkUNet) and not model.training and ckpt["model"] == config
+    for name, value in net.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match=r"model.width is 0.0625 there, 0.25 here"):  # expect is checked
+        ck.load_model(path, {"model.width": 0.25})
+    no_config = save_checkpoint(tmp_path / "no_config.pt", {k: v for k, v in saved.items() if k != "model"})
+    with pytest.raises(ConfigError, match="no_config.pt: no model config / weights: not a model checkpoint"):
+        ck.load_model(no_config)
+    other = save_checkpoint(tmp_path / "other.pt", {**saved, "model": {**config, "out_channels": 5}})
+    with pytest.raises(ConfigError, match="other.pt: weights do not fit the model described in the file"):
+        ck.load_model(other)
