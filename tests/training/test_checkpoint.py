@@ -165,3 +165,16 @@ def test_load_model_builds_the_described_network_with_its_weights(tmp_path):
     other = save_checkpoint(tmp_path / "other.pt", {**saved, "model": {**config, "out_channels": 5}})
     with pytest.raises(ConfigError, match="other.pt: weights do not fit the model described in the file"):
         ck.load_model(other)
+
+
+def test_pickled_objects_are_refused_and_mixed_keys_compare(tmp_path):
+    import fractions
+
+    # a checkpoint holding an arbitrary Python object would run pickled code on load: refused, never unpickled
+    torch.save({"format": ck.FORMAT_NAME, "version": ck.FORMAT_VERSION, "x": fractions.Fraction(1, 3)},
+               tmp_path / "pickled.pt")
+    with pytest.raises(DataError, match="pickled.pt is unreadable or not a weights-only checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    # config trees may mix int and str keys (class ids next to names): compared in str order
+    assert first_mismatch({1: "a", "b": 2}, {1: "a", "b": 3}) == "b"
+    assert first_mismatch({2: "a", "10": 1}, {2: "b", "10": 2}) == "10"  # "10" < "2" as strings
