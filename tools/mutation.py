@@ -149,6 +149,12 @@ def run_module(name: str, root: Path, max_children: int) -> dict:
 def write_doc(root: Path) -> None:
     """docs/mutation.md's results part from every module result found in ``root`` (earlier runs included)."""
     results = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    equivalent = _equivalent()  # reasons as listed now (the list may have grown since a module's run)
+    for r in results:
+        for m, s in r["survivors"].items():
+            s["equivalent"] = equivalent.get(m)
+        n_equivalent = sum(s["equivalent"] is not None for s in r["survivors"].values())
+        r["score_without_equivalent"] = r["killed"] / (r["tested"] - n_equivalent) if r["tested"] > n_equivalent else 0.0
     results.sort(key=lambda r: list(MODULES).index(r["module"]) if r["module"] in MODULES else 99)
     lines = ["| module | files | tests | killed / tested | score | score without equivalent |",
              "| --- | --- | --- | --- | --- | --- |"]
