@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
-.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench bench-scale gpu-check ablation clean
+.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench bench-scale gpu-check ablation mutation clean
 
 venv: $(STAMP)
 
@@ -63,6 +63,11 @@ check-lock: $(STAMP)
 # ARGS narrows the run, e.g. make test ARGS=tests/test_afi.py
 test: check-lock
 	$(PY) -m pytest -q $(ARGS)
+
+# Mutation testing of the critical modules (mutmut; slow: not in CI). MODULES narrows it, e.g.
+# make mutation MODULES="vocab projection"; prints the score per module and rewrites docs/mutation.md.
+mutation: check-lock
+	$(PY) tools/mutation.py $(MODULES)
 
 # The demo model as an ONNX model package (what the node runs by default on CPU): exported and parity-checked
 # against spconv on the real sample, once (about 15 s).

@@ -442,3 +442,88 @@ def test_streaming_does_not_depend_on_the_caller_reusing_its_buffer():
         got = reused.update(view, labels, pose)
         buffer[:] = 1e3  # the caller moves on: the next scan overwrites its buffer
         assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+
+
+def test_cell_decoder_equals_the_per_point_decoder_on_probabilities_with_unequal_cells():
+    """Points stacked on 300 distinct positions, 1 to 5 per position, each position alone in its 0.3 m cell: a
+    cell's mean is then each of its points, so the cell decoder must give every point exactly the per-point
+    decoder's distribution, whatever the cell sizes (the skip term's mean is over points, not cells)."""
+    rng = np.random.default_rng(7)
+    i, j, k = np.meshgrid(np.arange(10), np.arange(10), np.arange(3), indexing="ij")
+    # lattice spacing 0.9 m = 3 cells; the jitter keeps each position inside the middle third of its cell
+    centres = np.c_[i.ravel(), j.ravel(), k.ravel()] * 0.9 + 0.15 + rng.uniform(-0.05, 0.05, (300, 3))
+    centres[:, :2] += 3.0  # beyond input_min_range (2 m) of the sensor
+    repeats = rng.integers(1, 6, len(centres))
+    pts = np.repeat(centres, repeats, axis=0).astype(np.float32)
+    probs_in = rng.dirichlet(np.full(C, 0.3), len(pts)).astype(np.float32)
+    cfg = dict(ground="none", base_points=512)
+    cell_labels, cell_probs = afi_refine(pts, probs_in, AFIConfig(decoder_cell=0.3, **cfg), C)
+    point_labels, point_probs = afi_refine(pts, probs_in, AFIConfig(decoder_cell=0.0, **cfg), C)
+    assert sorted(set(repeats.tolist())) == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(cell_probs, point_probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(cell_labels, point_labels)
+    assert len(np.unique(point_labels)) > 3  # not a degenerate, constant output
+
+
+def _yaw90(t):
+    """Sensor -> fixed pose turned 90 deg about z (sensor x -> fixed y, sensor y -> fixed -x), then moved by t."""
+    return np.array([[0.0, -1, 0, t[0]], [1, 0, 0, t[1]], [0, 0, 1, t[2]], [0, 0, 0, 1]])
+
+
+def test_streaming_vote_with_a_rotated_and_moved_sensor():
+    """Frame 1: sensor at the fixed origin; a car cluster around fixed (10, 0, 0), a truck cluster around (0, 10, 0).
+    Frame 2: the sensor has turned 90 deg left and moved to (2, 3, 0); a fixed point w is then at
+    s = R^T (w - t) = (w_y - 3, 2 - w_x, w_z) in its frame: the car cluster around (-3, -8, 0), the truck cluster
+    around (7, 2, 0). Frame 2's own prediction (vegetation everywhere) has weight 0, so each of its points must
+    take the class of the frame-1 cluster at its place."""
+    offsets = np.array([[dx, dy, dz] for dx in (-0.4, 0, 0.4) for dy in (-0.4, 0, 0.4) for dz in (0, 0.5, 1.0)])
+    car1, truck1 = np.array([10.0, 0, 0]) + offsets, np.array([0.0, 10, 0]) + offsets
+    # frame 2, by hand: a fixed-frame offset (dx, dy, dz) becomes (dy, -dx, dz) in the turned sensor
+    turned = offsets[:, [1, 0, 2]] * [1, -1, 1]
+    car2, truck2 = np.array([-3.0, -8, 0]) + turned, np.array([7.0, 2, 0]) + turned
+    frame1 = np.concatenate([car1, truck1]).astype(np.float32)
+    frame2 = np.concatenate([car2, truck2]).astype(np.float32)
+    n = len(offsets)
+    stream = StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=1, current_weight=0.0, match_k=1,
+                                                                      match_radius=0.2))
+    first, _ = stream.update(frame1, np.r_[np.full(n, CAR), np.full(n, TRUCK)], np.eye(4))
+    assert (first == np.r_[np.full(n, CAR), np.full(n, TRUCK)]).all()
+    second, probs = stream.update(frame2, np.full(2 * n, VEG), _yaw90((2.0, 3.0, 0.0)))
+    assert second.tolist() == [CAR] * n + [TRUCK] * n
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    # the same frame with the sensor's turn ignored finds nothing within 0.2 m: its own labels come back
+    stream = StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=1, current_weight=0.0, match_k=1,
+                                                                      match_radius=0.2))
+    stream.update(frame1, np.r_[np.full(n, CAR), np.full(n, TRUCK)], np.eye(4))
+    unturned = np.eye(4)
+    unturned[:3, 3] = (2.0, 3.0, 0.0)
+    assert (stream.update(frame2, np.full(2 * n, VEG), unturned)[0] == VEG).all()
+
+
+def test_streaming_votes_are_decayed_and_summed_by_hand():
+    """Probabilities, not labels: one fixed point at x = 10 m, the sensor 1 m further along x each frame; history
+    2, decay 0.5, current weight 1, match_k 1. Frame 0 said car, frame 1 truck, frame 2 says (0.6 car, 0.4 truck):
+    car 0.6 + 0.5^2 * 1 = 0.85, truck 0.4 + 0.5 * 1 = 0.9, normalised by 1.75. Frame 3 (car) no longer hears
+    frame 0: car 1 + 0.5 * 0.6 = 1.3 and truck 0.5 * 0.4 + 0.25 * 1 = 0.45 (frame 1's own truck), over 1.75."""
+    stream = StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=2, decay=0.5, current_weight=1.0,
+                                                                      match_k=1, match_radius=0.5))
+
+    def probs_of(car, truck):
+        x = np.zeros((1, C), np.float32)
+        x[0, CAR], x[0, TRUCK] = car, truck
+        return x
+
+    def pose(i):
+        p = np.eye(4)
+        p[0, 3] = i
+        return p
+
+    outputs = [stream.update(np.array([[10.0 - i, 0, 0]], np.float32), probs_of(*ct), pose(i))
+               for i, ct in enumerate([(1, 0), (0, 1), (0.6, 0.4), (1, 0)])]
+    labels, probs = outputs[2]
+    assert labels.tolist() == [TRUCK]
+    np.testing.assert_allclose(probs[0, [CAR, TRUCK]], [0.85 / 1.75, 0.9 / 1.75], rtol=1e-6)
+    assert probs[0].sum() == pytest.approx(1.0)
+    labels, probs = outputs[3]
+    assert labels.tolist() == [CAR]
+    np.testing.assert_allclose(probs[0, [CAR, TRUCK]], [1.3 / 1.75, 0.45 / 1.75], rtol=1e-6)

@@ -181,3 +181,33 @@ def test_prompt_count_mismatch_is_refused(tmp_path):
     store = TeacherStore.create(tmp_path / "t", "x", "other", 10)
     with pytest.raises(DataError, match="10 prompts"):
         compute_superpoints(_frame([[10, 0, 0]], [_camera("C", "c0", FRONT)]), store, DICT, ProjectionConfig())
+
+
+def test_vote_weighs_scores_not_camera_counts(tmp_path):
+    # Two cameras say truck with low scores (0.2 + 0.3 = 0.5), one says car with 0.9: a count would pick truck,
+    # the score-weighted vote picks car. Car is camera 0, so "last camera wins" says truck.
+    cams = [_camera(f"C{i}", f"c{i}", _yawed(d)) for i, d in enumerate([0, 5, -5])]
+    store = _store(tmp_path, {"c0": _uniform(CAR, 0.9), "c1": _uniform(TRUCK, 0.2), "c2": _uniform(TRUCK, 0.3)})
+    frame = _frame([[10, 0, 0]], cams)
+    vote = compute_superpoints(frame, store, DICT, ProjectionConfig(occlusion=False, multi_camera="vote"))
+    last = compute_superpoints(frame, store, DICT, ProjectionConfig(occlusion=False, multi_camera="last"))
+    assert vote.pseudo_label[0] == DICT.eval_index("car") and vote.pseudo_prompt[0] == CAR
+    assert vote.superpoint_camera[vote.superpoint[0]] == 0
+    assert float(vote.pseudo_score[0]) == pytest.approx(0.9 / 3, abs=1e-3)  # agreeing score over all 3 pairings
+    assert last.pseudo_label[0] == DICT.eval_index("truck") and last.superpoint_camera[last.superpoint[0]] == 2
+
+
+def test_teacher_maps_scaled_differently_in_rows_and_columns(tmp_path):
+    # A 25 x 40 teacher map for the 100 x 200 camera: rows scale by 1/4, columns by 1/5. Every map pixel is its
+    # own mask (id = 1 + row * 40 + col), so the mask a point pairs with gives the map pixel it was looked up at.
+    # Camera pixel (v, u) of lidar point (10, y, z): u = 100 - 10 y, v = 50 - 10 z (K and FRONT above).
+    mask = (np.arange(25 * 40).reshape(25, 40) + 1).astype(np.uint16)
+    img = TeacherImage(mask, np.full(1000, CAR, np.int32), np.ones(1000, np.float32))
+    store = _store(tmp_path, {"c0": img})
+    pts = [[10, -3.75, -2.05],  # (u, v) = (137.5, 70.5): pixel (70, 137) -> map (70 * 25 // 100, 137 * 40 // 200)
+           [10, 8.95, -4.55],   # (10.5, 95.5): pixel (95, 10) -> map (23, 2)
+           [10, -9.95, -4.95]]  # (199.5, 99.5): the last pixel (99, 199) -> map (24, 39), the last map pixel
+    sp = compute_superpoints(_frame(pts, [_camera("C", "c0", FRONT)]), store, DICT, ProjectionConfig(occlusion=False))
+    assert sp.pair_point.tolist() == [0, 1, 2]
+    assert sp.pair_pixel.tolist() == [[70, 137], [95, 10], [99, 199]]  # pairings keep the camera pixel
+    assert sp.pair_mask.tolist() == [1 + 17 * 40 + 27, 1 + 23 * 40 + 2, 1 + 24 * 40 + 39]

@@ -208,3 +208,55 @@ def test_model_label_names_run_checkpoints_by_their_run():
     assert model_label("runs/x/epoch_012.pt") == "x/epoch_012.pt"
     assert model_label("models/ssov_synthetic_minkunet34c_w025.ssovpkg") == "ssov_synthetic_minkunet34c_w025.ssovpkg"
     assert model_label("models/demo.pt") == "demo.pt"
+
+
+def test_labelled_points_predicted_as_ignore_count_as_misses():
+    """Ground truth 1,1,1,2,2 predicted 1,0,0,2,1: the two class-0 predictions are misses of class 1 (in its
+    union), never dropped. Class 1: TP 1, union 3 + 2 - 1 = 4; class 2: TP 1, union 2 + 1 - 1 = 2."""
+    from ssov_train.evaluation.metrics import accuracy, confusion_matrix, mean_iou, per_class_iou
+
+    cm = confusion_matrix(np.array([1, 1, 1, 2, 2]), np.array([1, 0, 0, 2, 1]), 3)
+    assert cm.tolist() == [[0, 0, 0], [2, 1, 0], [0, 1, 1]]
+    np.testing.assert_allclose(per_class_iou(cm), [1 / 4, 1 / 2])
+    assert mean_iou(cm) == pytest.approx(3 / 8)
+    assert accuracy(cm) == pytest.approx(2 / 5)
+    # ground-truth ignore (0) and ids outside the table are left out, whatever was predicted
+    cm = confusion_matrix(np.array([0, 0, 3, 1]), np.array([1, 2, 1, 1]), 3)
+    assert cm.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_metrics_edges_by_hand():
+    import math
+
+    from ssov_train.evaluation.metrics import (accuracy, confusion_matrix, iou_by_class, mean_iou, none_if_nan,
+                                               per_class_iou)
+
+    # predictions outside 0..C-1 (a corrupt label) are left out, like ground truth outside the table
+    cm = confusion_matrix(np.array([[1, 1], [2, 2]]), np.array([[1, -1], [3, 2]]), 3)
+    assert cm.dtype == np.int64 and cm.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match=r"ground truth and prediction differ in length: \(3,\) vs \(2,\)"):
+        confusion_matrix(np.array([1, 1, 2]), np.array([1, 1]), 3)
+    # class 2 never occurs in ground truth nor predictions: no IoU, left out of the mean
+    cm = confusion_matrix(np.array([1, 1, 3]), np.array([1, 3, 3]), 4)
+    iou = per_class_iou(cm)
+    assert iou[0] == pytest.approx(0.5) and math.isnan(iou[1]) and iou[2] == pytest.approx(0.5)
+    assert mean_iou(cm) == pytest.approx(0.5) and accuracy(cm) == pytest.approx(2 / 3)
+    assert iou_by_class(cm, ["car", "bus", "road"]) == {"car": 0.5, "bus": None, "road": 0.5}
+    empty = np.zeros((3, 3), np.int64)
+    assert math.isnan(mean_iou(empty)) and math.isnan(accuracy(empty))
+    assert none_if_nan(float("nan")) is None and none_if_nan(np.float32(0.25)) == 0.25
+    assert type(none_if_nan(np.float32(0.25))) is float
+
+
+def test_metrics_take_uint8_labels_and_stay_quiet_when_undefined():
+    import warnings
+
+    from ssov_train.evaluation.metrics import accuracy, confusion_matrix, mean_iou
+
+    # uint8 labels (as stored): gt * 17 + pred would wrap around in uint8 (16 * 17 = 272)
+    cm = confusion_matrix(np.array([16, 16, 15], np.uint8), np.array([16, 15, 15], np.uint8), 17)
+    assert cm[16, 16] == 1 and cm[16, 15] == 1 and cm[15, 15] == 1 and cm.sum() == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined metrics are NaN without a numpy warning
+        assert np.isnan(mean_iou(np.zeros((3, 3), np.int64)))
+        assert np.isnan(accuracy(np.zeros((3, 3), np.int64)))

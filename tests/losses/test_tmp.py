@@ -208,3 +208,15 @@ def test_batch_drops_superpoints_left_without_pairing():
 def test_batch_requires_mask_features():
     with pytest.raises(DataError, match="no mask features"):
         batch_superpoints([_sample("c", 1, [0], [0], [1], None)])
+
+
+def test_batch_offsets_follow_point_counts_not_pairing_counts():
+    # Scan c has 5 points but only 2 pairings (points 1 and 4) and 3 superpoints of which 1 is unpaired: scan b's
+    # rows start after c's 5 points (not its 2 pairings), its superpoints after c's 2 used ones (not its 3).
+    c = _sample("c", 5, [1, 4], [0, 2], [5, 6, 7], [[1, 0], [0, 3], [0, 1]])
+    b = batch_superpoints([c, B])
+    assert b.pair_point.tolist() == [1, 4, 5, 6, 6]
+    assert b.pair_superpoint.tolist() == [0, 1, 2, 3, 4]
+    assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9]
+    assert b.superpoint_scan.tolist() == [0, 0, 1, 1, 1]
+    assert b.superpoint_feature.tolist() == [[1, 0], [0, 1], [1, 1], [2, 0], [0, 2]]

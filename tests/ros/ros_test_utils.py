@@ -2,19 +2,72 @@
 
 from __future__ import annotations
 
-import os
+import fcntl
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "ssov-ros-test-domains"
+_domain_locks: list = []  # the held reservation's open file: the lock lasts as long as this process
+
+
+def reserve_domain(first: int = 1, last: int = 101) -> int:
+    """A ROS_DOMAIN_ID no other test process on this machine holds: the lowest id in [first, last] whose lock
+    file this process could lock exclusively. The kernel drops the lock when the process ends (even if
+    killed), so nothing is left to clean up. 101 is the highest id whose DDS ports stay below Linux's
+    ephemeral port range."""
+    DOMAIN_LOCK_DIR.mkdir(exist_ok=True)
+    for domain in range(first, last + 1):
+        lock = open(DOMAIN_LOCK_DIR / f"{domain}.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _domain_locks.append(lock)
+        return domain
+    raise RuntimeError(f"no free ROS domain id in {first}..{last}: {last - first + 1} ROS test sessions hold them "
+                       f"(locks in {DOMAIN_LOCK_DIR})")
+
+
 # A DDS domain of this test process alone: other jobs on the machine (a demo, another test run) may run a node
-# with the same name and topics on the default domain.
-DOMAIN_ID = 20 + os.getpid() % 80
+# with the same name and topics on the default domain. Every ROS test (and the processes it starts) uses it.
+DOMAIN_ID = reserve_domain()
 DEMO_MODEL = REPO / "models" / "ssov_synthetic_minkunet34c_w025.pt"
 OUT = "/ssov_segmenter/output/points"  # the node's labelled cloud, under its default name
 S = 1_000_000_000  # nanoseconds per second, for stamps
+
+# A hand-made camera and hand-placed points whose pixels were worked out by hand (not by the projection code).
+# 64 x 48 px, fx = fy = 40, (cx, cy) = (32, 24). Lidar frame x forward, y left, z up; camera optical frame
+# x right, y down, z forward: camera = R lidar + t with R = [[0, -1, 0], [0, 0, -1], [1, 0, 0]], t = (0.1, -0.2,
+# 0.5), so a camera-frame point (xc, yc, zc) is the lidar point (zc - 0.5, 0.1 - xc, -0.2 - yc), and lands on
+# (u, v) = (40 xc / zc + 32, 40 yc / zc + 24), in pixel (row, col) = (floor(v), floor(u)).
+HAND_SIZE = (64, 48)  # width, height
+HAND_K = np.array([[40.0, 0, 32], [0, 40, 24], [0, 0, 1]])
+HAND_LIDAR_TO_CAMERA = np.array([[0.0, -1, 0, 0.1], [0, 0, -1, -0.2], [1, 0, 0, 0.5], [0, 0, 0, 1]])
+# the same as x, y, z, qx, qy, qz, qw: R's quaternion (w, x, y, z) = (0.5, 0.5, -0.5, 0.5), from its trace
+# (w = sqrt(1 + 0) / 2) and (R21 - R12, R02 - R20, R10 - R01) / 4w
+HAND_LIDAR_TO_CAMERA_XYZ_QUAT = [0.1, -0.2, 0.5, 0.5, -0.5, 0.5, 0.5]
+HAND_POINTS = np.array([
+    [9.5, -0.025, -0.325],  # 0: camera (0.125, 0.125, 10) -> (u, v) = (32.5, 24.5) -> pixel (24, 32)
+    [7.5, -2.0, 0.7],  # 1: camera (2.1, -0.9, 8) -> (42.5, 19.5) -> pixel (19, 42)
+    [19.5, -0.65, -0.45],  # 2: camera (0.75, 0.25, 20) -> (33.5, 24.5) -> pixel (24, 33): next to point 0 and
+    #    10 m behind it (20 > 10 * 1.1 + 0.5): hidden by the z-buffer (1 px cells at 64 px width)
+    [-5.5, 0.1, -0.2],  # 3: camera (0, 0, -5): behind the camera
+    [9.5, -9.525, -0.325],  # 4: camera (9.625, 0.125, 10) -> u = 70.5: right of the image
+    [0.3, 0.53, 0.07],  # 5: camera (-0.43, -0.27, 0.8): nearer than the 1 m minimum depth
+], dtype=np.float32)
+HAND_PIXELS = {0: (24, 32), 1: (19, 42), 2: (24, 33)}  # (row, col) of the points that land in the image
+
+
+def hand_image() -> np.ndarray:
+    """A 48 x 64 RGB background no palette colour matches: (5 row, 3 col, 200)."""
+    rows, cols = np.mgrid[0:48, 0:64]
+    return np.stack([rows * 5, cols * 3, np.full_like(rows, 200)], -1).astype(np.uint8)
+
 
 # (name, offset, numpy type) per layout, as drivers publish them; point_step given separately (padding).
 LAYOUTS: dict[str, tuple[list[tuple[str, int, str]], int]] = {
@@ -147,7 +200,9 @@ class Harness:
     def publisher(self, topic: str, msg_type, qos=10):
         return self.peer.create_publisher(msg_type, topic, qos)
 
-    def spin_until(self, predicate, timeout: float = 10.0) -> bool:
+    # Generous waits: a machine running two test suites at once may take many seconds for one frame; a healthy
+    # run returns as soon as the condition holds.
+    def spin_until(self, predicate, timeout: float = 60.0) -> bool:
         import time
 
         end = time.monotonic() + timeout
@@ -157,7 +212,7 @@ class Harness:
             self.executor.spin_once(timeout_sec=0.05)
         return True
 
-    def wait_matched(self, pub, count: int = 1, timeout: float = 10.0) -> bool:
+    def wait_matched(self, pub, count: int = 1, timeout: float = 60.0) -> bool:
         return self.spin_until(lambda: pub.get_subscription_count() >= count, timeout)
 
     def close(self) -> None:

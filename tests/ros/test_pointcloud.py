@@ -145,3 +145,30 @@ def test_pack_cloud_rejects_bad_columns():
         pack_cloud({"x": np.zeros(3, np.float32), "y": np.zeros(4, np.float32)})
     with pytest.raises(CloudError, match="not a PointField datatype"):
         pack_cloud({"x": np.zeros(3, np.int64)})
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_multi_count_fields_of_multi_byte_elements(big_endian):
+    """A vendor layout written byte for byte with struct: x, y, z float32, 'ranges' 2 x float32 at 12,
+    'rings' 2 x uint16 at 20, 'stamp' float64 at 24 (point_step 32)."""
+    import struct
+    from types import SimpleNamespace as NS
+
+    order = ">" if big_endian else "<"
+    points = [((1.5, -2.0, 0.25), (10.5, 11.25), (3, 65535), 1e9 + 0.5),
+              ((-7.0, 3.5, 1.0), (300.0, -0.125), (258, 1), -2.5),
+              ((0.0, 0.0, -1.75), (1e-3, 6.0e4), (4096, 17), 0.0)]
+    data = b"".join(struct.pack(order + "3f2f2Hd", *xyz, *ranges, *rings, stamp) for xyz, ranges, rings, stamp in points)
+    assert len(data) == 3 * 32
+    msg = NS(height=1, width=3, point_step=32, row_step=96, is_bigendian=big_endian, data=data,
+             fields=[NS(name=n, offset=o, datatype=d, count=c) for n, o, d, c in
+                     [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("ranges", 12, 7, 2), ("rings", 20, 4, 2),
+                      ("stamp", 24, 8, 1)]])
+    cloud = read_cloud(msg)
+    np.testing.assert_array_equal(cloud.xyz, np.array([p[0] for p in points], np.float32))
+    assert cloud.columns["ranges"].shape == (3, 2) and cloud.columns["ranges"].dtype == np.float32
+    np.testing.assert_array_equal(cloud.columns["ranges"], np.array([p[1] for p in points], np.float32))
+    assert cloud.columns["rings"].dtype == np.uint16
+    assert cloud.columns["rings"].tolist() == [[3, 65535], [258, 1], [4096, 17]]
+    assert cloud.columns["stamp"].tolist() == [1e9 + 0.5, -2.5, 0.0]
+    assert not cloud.has_intensity and (cloud.intensity == 0).all()

@@ -4,10 +4,10 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
+from ros_test_utils import HAND_K, HAND_LIDAR_TO_CAMERA, HAND_PIXELS, HAND_POINTS, HAND_SIZE, hand_image
 
 from ssov_ros.overlay import ImageError, camera_from_info, decode_image, draw_points, render_overlay
 from ssov_ros.sync import ApproximateSync, StampedQueue
-from ssov_train.geometry.projection import ProjectionConfig, project_to_camera
 
 MS = 1_000_000
 
@@ -61,23 +61,35 @@ def test_decode_raw_and_compressed_images(frame):
         decode_image(NS(format="jpeg", data=b"not a jpeg"))
 
 
-def test_overlay_on_the_real_sample_uses_the_one_projection(frame, tmp_path):
-    cam = frame.cameras[0]
-    info = NS(k=cam.intrinsics.ravel().tolist(), width=cam.width, height=cam.height)
-    camera = camera_from_info(info, cam.lidar_to_camera)
-    colors = np.zeros((len(frame.points), 3), np.uint8)
-    colors[:, 0] = 255  # every point red
-    image = cam.load_image()
-    out, drawn = render_overlay(image, camera, frame.points, colors, radius=0, occlusion=True)
-    proj, _ = project_to_camera(frame.points, cam, ProjectionConfig(occlusion=True))
-    assert drawn == len(proj.point_index) > 2000
-    rc = proj.pixel_rc
-    assert (out[rc[:, 0], rc[:, 1]] == [255, 0, 0]).all()
-    untouched = np.ones(image.shape[:2], bool)
-    untouched[rc[:, 0], rc[:, 1]] = False
-    np.testing.assert_array_equal(out[untouched], image[untouched])
+def _square(image, rc, radius, color):
+    r, c = rc
+    image[max(r - radius, 0):r + radius + 1, max(c - radius, 0):c + radius + 1] = color
+
+
+@pytest.mark.parametrize("radius", [0, 1])
+def test_overlay_of_hand_placed_points_at_hand_computed_pixels(radius):
+    """Points 0 and 1 are drawn at their pixels (squares of 2 radius + 1); point 2, 10 m behind point 0 in the
+    next pixel, is hidden; the points behind, beside and too near the camera are not drawn."""
+    width, height = HAND_SIZE
+    camera = camera_from_info(NS(k=HAND_K.ravel().tolist(), width=width, height=height), HAND_LIDAR_TO_CAMERA)
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9], [9, 9, 9], [9, 9, 9]], np.uint8)
+    image = hand_image()
+    out, drawn = render_overlay(image, camera, HAND_POINTS, colors, radius=radius, occlusion=True)
+    expected = image.copy()
+    _square(expected, HAND_PIXELS[1], radius, colors[1])
+    _square(expected, HAND_PIXELS[0], radius, colors[0])
+    assert drawn == 2
+    np.testing.assert_array_equal(out, expected)
+    # without the z-buffer point 2 is drawn too, under the nearer point 0 where their squares overlap
+    out, drawn = render_overlay(image, camera, HAND_POINTS, colors, radius=radius, occlusion=False)
+    expected = image.copy()
+    _square(expected, HAND_PIXELS[2], radius, colors[2])
+    _square(expected, HAND_PIXELS[1], radius, colors[1])
+    _square(expected, HAND_PIXELS[0], radius, colors[0])
+    assert drawn == 3
+    np.testing.assert_array_equal(out, expected)
     with pytest.raises(ImageError, match="camera_info says"):
-        render_overlay(image[:100], camera, frame.points, colors)
+        render_overlay(image[:10], camera, HAND_POINTS, colors)
     with pytest.raises(ImageError, match="no usable calibration"):
         camera_from_info(NS(k=[0.0] * 9, width=1600, height=900), np.eye(4))
 

@@ -1,6 +1,8 @@
 """The class dictionaries are data; these tests pin the facts of method.md §2 and the validation."""
 
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +81,205 @@ def test_validation_errors(mutate, message):
 def test_missing_dictionary_names_builtins(tmp_path):
     with pytest.raises(ConfigError, match="built-in"):
         load_dictionary("klingon")
+
+
+def test_raw_ids_at_and_beyond_the_table_length_map_to_ignore():
+    """SemanticKITTI's largest raw id is 259 (moving-other-vehicle), so its table has 260 rows: raw id 260, exactly
+    the table length, is outside it (ignore), like 261 and -1; 259 itself still maps."""
+    kitti = load_dictionary("semantickitti")
+    assert len(kitti.raw_to_eval) == 260
+    assert kitti.map_raw(np.array([259, 260, 261, -1])).tolist() == [5, 0, 0, 0]
+
+
+# ---- a hand-written dictionary: every table and every validation message, worked out by hand -------------------
+
+def _tiny() -> dict:
+    return {"name": "tiny",
+            "eval_classes": [{"name": "car", "color": [255, 0, 0]}, {"name": "road", "color": [0, 0, 255]}],
+            "raw_classes": {0: {"name": "noise", "eval": 0}, 1: {"name": "vehicle.car", "eval": "car"},
+                            2: {"name": "flat.road", "eval": "road"}, 4: {"name": "sky", "eval": "ignore"}},
+            "categories": [{"name": "car", "raw": "vehicle.car", "prompts": ["car", "sedan"]},
+                           {"name": "road", "raw": 2, "prompts": ["road"]},
+                           {"name": "sky", "raw": "sky", "prompts": ["sky", "cloud"]}]}
+
+
+def test_hand_written_dictionary_tables():
+    d = parse_dictionary(_tiny(), "tiny.yaml")
+    assert (d.name, d.version, d.dataset, d.source) == ("tiny", 1, "tiny", "tiny.yaml")
+    assert d.num_classes == 3 and d.class_names == ["ignore", "car", "road"]
+    assert d.palette.dtype == np.uint8 and d.palette.tolist() == [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    assert d.prompts == ["car", "sedan", "road", "sky", "cloud"] and d.num_prompts == 5
+    assert [(c.name, c.raw_class, c.prompts, c.first_prompt) for c in d.categories] == [
+        ("car", 1, ("car", "sedan"), 0), ("road", 2, ("road",), 2), ("sky", 4, ("sky", "cloud"), 3)]
+    assert d.prompt_to_category.tolist() == [0, 0, 1, 2, 2]
+    assert d.raw_to_eval.tolist() == [0, 1, 2, 0, 0]  # raw id 3 is not listed: ignore
+    assert d.prompt_to_raw.tolist() == [1, 1, 2, 4, 4]
+    assert d.prompt_to_eval.tolist() == [1, 1, 2, 0, 0]
+    assert d.same_category.tolist() == [[True, True, False, False, False], [True, True, False, False, False],
+                                        [False, False, True, False, False], [False, False, False, True, True],
+                                        [False, False, False, True, True]]
+    assert d.map_raw(np.array([[0, 1, 2], [3, 4, 5]])).tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert d.map_raw(np.array([-1, 4, 5])).dtype == np.uint8
+    assert d.duplicate_prompts == {}
+    assert d.eval_index("ignore") == 0 and d.eval_index("road") == 2
+    assert d.raw_index("noise") == 0 and d.raw_index("flat.road") == 2
+    assert d.category_of_raw(4).name == "sky" and d.category_of_raw(1).name == "car"
+    with pytest.raises(KeyError, match=r"tiny: no evaluation class 'bus'; known: \['car', 'road'\]"):
+        d.eval_index("bus")
+    with pytest.raises(KeyError, match=r"tiny: no raw class 'vehicle.bus'"):
+        d.raw_index("vehicle.bus")
+    with pytest.raises(KeyError, match=r"tiny: no category maps to raw class 0 \(noise\)"):
+        d.category_of_raw(0)
+    with pytest.raises(KeyError, match=r"tiny: no category maps to raw class 7 \(None\)"):
+        d.category_of_raw(7)
+    explicit = parse_dictionary({**_tiny(), "version": 3, "dataset": "tinyset", "ignore_index": 0,
+                                 "ignore_color": [1, 2, 3]}, "t")
+    assert (explicit.version, explicit.dataset, explicit.palette[0].tolist()) == (3, "tinyset", [1, 2, 3])
+
+
+def test_allowed_duplicate_prompts_are_kept_with_their_ids():
+    doc = _tiny()
+    doc["categories"][1]["prompts"] = ["road", "car"]  # prompt 3 repeats prompt 0
+    doc["allowed_duplicate_prompts"] = ["car"]
+    d = parse_dictionary(doc, "t")
+    assert d.duplicate_prompts == {"car": [0, 3]} and d.prompts == ["car", "sedan", "road", "car", "sky", "cloud"]
+    doc["allowed_duplicate_prompts"] = None
+    with pytest.raises(ConfigError) as err:
+        parse_dictionary(doc, "t")
+    assert str(err.value) == ("class dictionary t: duplicate prompts 'car' (ids [0, 3]); list intended duplicates "
+                              "under allowed_duplicate_prompts")
+
+
+def _set(path, value):
+    def mutate(doc):
+        *parents, last = path
+        node = doc
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return mutate
+
+
+def _delete(*keys):
+    def mutate(doc):
+        for key in keys:
+            del doc[key]
+    return mutate
+
+
+KNOWN = ("['allowed_duplicate_prompts', 'categories', 'dataset', 'eval_classes', 'ignore_color', 'ignore_index', "
+         "'name', 'raw_classes', 'version']")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_delete("name"), "missing keys ['name']"),
+    (_delete("categories", "eval_classes"), "missing keys ['eval_classes', 'categories']"),
+    (_delete("raw_classes"), "missing keys ['raw_classes']"),
+    (_set(["colour"], 1), f"unknown keys ['colour']; known keys: {KNOWN}"),
+    (_set(["ignore_index"], 255), "ignore_index must be 0 (evaluation label 0 is 'ignore' throughout ssov)"),
+    (_set(["eval_classes", 0], "car"), "eval_classes[0] must be {name: ..., color: [r, g, b]}"),
+    (_set(["eval_classes", 1], {"color": [0, 0, 0]}), "eval_classes[1] must be {name: ..., color: [r, g, b]}"),
+    (_set(["eval_classes", 1], {"name": "car", "color": [0, 0, 0]}), "duplicate evaluation class 'car'"),
+    (_set(["eval_classes", 1, "color"], [0, 0, 256]),
+     "eval_classes[1] (road): color must be [r, g, b] with integers 0..255, got [0, 0, 256]"),
+    (_set(["eval_classes", 0, "color"], [-1, 0, 0]),
+     "eval_classes[0] (car): color must be [r, g, b] with integers 0..255, got [-1, 0, 0]"),
+    (_set(["eval_classes", 0, "color"], [1.0, 0, 0]),
+     "eval_classes[0] (car): color must be [r, g, b] with integers 0..255, got [1.0, 0, 0]"),
+    (_set(["eval_classes", 0, "color"], [0, 0, 0, 0]),
+     "eval_classes[0] (car): color must be [r, g, b] with integers 0..255, got [0, 0, 0, 0]"),
+    (_set(["eval_classes", 0, "color"], (0, 0, 0)),
+     "eval_classes[0] (car): color must be [r, g, b] with integers 0..255, got (0, 0, 0)"),
+    (_set(["ignore_color"], [0, 0]), "ignore_color: color must be [r, g, b] with integers 0..255, got [0, 0]"),
+    (_set(["raw_classes", "5"], {"name": "x", "eval": 0}), "raw class id '5' must be a non-negative integer"),
+    (_set(["raw_classes", -1], {"name": "x", "eval": 0}), "raw class id -1 must be a non-negative integer"),
+    (_set(["raw_classes", 5], "x"), "raw_classes[5] must be {name: ..., eval: <eval class or 0>}"),
+    (_set(["raw_classes", 5], {"name": "x"}), "raw_classes[5] must be {name: ..., eval: <eval class or 0>}"),
+    (_set(["raw_classes", 5], {"eval": 0}), "raw_classes[5] must be {name: ..., eval: <eval class or 0>}"),
+    (_set(["raw_classes", 5], {"name": "flat.road", "eval": 0}), "duplicate raw class name 'flat.road'"),
+    (_set(["raw_classes", 1, "eval"], "cars"),
+     "raw class 1 (vehicle.car) maps to unknown evaluation class 'cars' (did you mean 'car'?)"),
+    (_set(["raw_classes", 1, "eval"], "zzz"), "raw class 1 (vehicle.car) maps to unknown evaluation class 'zzz'"),
+    (_set(["raw_classes", 1, "eval"], 1), "raw class 1 (vehicle.car) maps to unknown evaluation class 1"),
+    (_set(["categories", 0], {"name": "car", "raw": 1}), "categories[0] must be {name, raw, prompts}"),
+    (_set(["categories", 1], ["road"]), "categories[1] must be {name, raw, prompts}"),
+    (_set(["categories", 1, "name"], "car"), "duplicate category name 'car'"),
+    (_set(["categories", 1, "raw"], 3), "category 'road': unknown raw class id 3"),
+    (_set(["categories", 1, "raw"], "flat.raod"), "category 'road': unknown raw class 'flat.raod' "
+                                                  "(did you mean 'flat.road'?)"),
+    (_set(["categories", 1, "raw"], "qqq"), "category 'road': unknown raw class 'qqq'"),
+    (_set(["categories", 1, "prompts"], []), "category 'road': prompts must be a non-empty list of non-empty strings"),
+    (_set(["categories", 1, "prompts"], "road"),
+     "category 'road': prompts must be a non-empty list of non-empty strings"),
+    (_set(["categories", 1, "prompts"], ["road", " "]),
+     "category 'road': prompts must be a non-empty list of non-empty strings"),
+    (_set(["categories", 1, "prompts"], ["road", 7]),
+     "category 'road': prompts must be a non-empty list of non-empty strings"),
+    (_set(["categories", 2, "prompts"], ["sky", "car"]),
+     "duplicate prompts 'car' (ids [0, 4]); list intended duplicates under allowed_duplicate_prompts"),
+    (_set(["categories", 2, "prompts"], ["road", "car"]),
+     "duplicate prompts 'car' (ids [0, 4]), 'road' (ids [2, 3]); list intended duplicates under "
+     "allowed_duplicate_prompts"),
+])
+def test_every_validation_error_is_one_message_naming_the_file(mutate, message):
+    doc = _tiny()
+    mutate(doc)
+    with pytest.raises(ConfigError) as err:
+        parse_dictionary(doc, "bad.yaml")
+    assert str(err.value) == f"class dictionary bad.yaml: {message}"
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ConfigError) as err:
+        parse_dictionary([1, 2], "list.yaml")
+    assert str(err.value) == "class dictionary list.yaml: top level must be a mapping"
+
+
+def test_load_dictionary_by_name_path_and_installed_share(tmp_path, monkeypatch):
+    from ssov_train.vocab import dictionary as dictionary_module
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(_tiny()))
+    assert load_dictionary(path).source == str(path) and load_dictionary(str(path)).name == "tiny"
+    yml = tmp_path / "tiny.yml"
+    yml.write_text(yaml.safe_dump(_tiny()))
+    assert load_dictionary(yml).name == "tiny"
+    (tmp_path / "broken.yaml").write_text("name: [1, 2")
+    with pytest.raises(ConfigError, match=f"class dictionary {tmp_path}/broken.yaml: invalid YAML: "):
+        load_dictionary(tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_dictionary(str(tmp_path / "nope.yaml"))
+    assert str(err.value).startswith(f"class dictionary {str(tmp_path / 'nope.yaml')!r} not found at "
+                                     f"{tmp_path / 'nope.yaml'} (built-in: [")
+    # an installed package: share/ssov_ros/config/vocab under sys.prefix or an AMENT_PREFIX_PATH entry
+    share = tmp_path / "prefix" / "share" / "ssov_ros" / "config" / "vocab"
+    share.mkdir(parents=True)
+    (share / "tinyshare.yaml").write_text(yaml.safe_dump({**_tiny(), "name": "tinyshare"}))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", f"{tmp_path / 'other'}:{tmp_path / 'prefix'}")
+    assert dictionary_module.vocab_dirs()[0] == VOCAB_DIR
+    assert dictionary_module.vocab_dirs()[1:] == [
+        Path(p) / "share" / "ssov_ros" / "config" / "vocab" for p in (sys.prefix, tmp_path / "other", tmp_path / "prefix")]
+    assert load_dictionary("tinyshare").source == str(share / "tinyshare.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_dictionary("klingon")
+    assert str(err.value) == (f"class dictionary 'klingon' not found at {VOCAB_DIR / 'klingon.yaml'} (built-in: "
+                              f"['nuscenes', 'semantickitti', 'tinyshare'])")
+
+
+def test_raw_id_zero_maps_like_any_other_and_the_default_source_is_named():
+    doc = _tiny()
+    doc["raw_classes"][0]["eval"] = "road"  # a dataset whose raw id 0 is a real class
+    d = parse_dictionary(doc)
+    assert d.map_raw(np.array([0, 1, 2])).tolist() == [2, 1, 2] and d.source == "<dict>"
+    with pytest.raises(ConfigError) as err:
+        parse_dictionary([])
+    assert str(err.value) == "class dictionary <dict>: top level must be a mapping"
+
+
+def test_vocab_dirs_without_ament_prefix_path(monkeypatch):
+    from ssov_train.vocab import dictionary as dictionary_module
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert dictionary_module.vocab_dirs() == [VOCAB_DIR, Path(sys.prefix) / "share" / "ssov_ros" / "config" / "vocab"]
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "")
+    assert len(dictionary_module.vocab_dirs()) == 2

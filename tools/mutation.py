@@ -1,0 +1,206 @@
+"""Mutation testing of the critical modules with mutmut: `make mutation` (all modules, about an hour per module on
+2 cores) or `make mutation MODULES="vocab projection"`.
+
+Each module runs in its own scratch copy of the repository (the tracked files), where mutmut mutates only that
+module's file(s) and runs only the module's own tests (the ``MODULES`` table), so modules do not disturb each
+other and test selection stays small. Common mutmut options are in setup.cfg's [mutmut] section; this script
+adds the per-module ones. Per module it prints killed / tested and the score, lists the survivors, and rewrites
+the results table of docs/mutation.md (hand-written parts of that file, such as the reasons given for
+equivalent mutants, live in tools/mutation_equivalent.txt and are kept).
+
+A mutant is *killed* when a test fails (or it times out); *tested* = every mutant mutmut generated, less those
+it skipped. The score = killed / tested; mutants listed as equivalent (the code behaves the same, so no test can
+kill them) are reported separately and the score without them is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "mutation.md"
+EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
+
+
+@dataclass(frozen=True)
+class Module:
+    files: tuple[str, ...]  # mutated
+    tests: tuple[str, ...]  # the module's own tests (pytest node ids or paths)
+
+
+MODULES: dict[str, Module] = {
+    "projection": Module(("ssov_train/geometry/projection.py",), ("tests/geometry/test_projection.py",)),
+    "superpoints": Module(("ssov_train/superpoints.py",), ("tests/test_superpoints.py",)),
+    "vocab": Module(("ssov_train/vocab/dictionary.py",), ("tests/vocab/test_dictionary.py",)),
+    "losses": Module(("ssov_train/losses/tmp.py", "ssov_train/losses/lovasz.py"), ("tests/losses",)),
+    "afi": Module(("ssov_train/afi.py",), ("tests/test_afi.py",)),
+    "voxelize": Module(("ssov_train/geometry/voxelize.py",), ("tests/geometry/test_voxelize.py",)),
+    "kdtree": Module(("ssov_train/geometry/kdtree.py",), ("tests/geometry/test_kdtree.py",)),
+    "kernel_maps": Module(("ssov_export/kernel_maps.py",), ("tests/export/test_kernel_maps.py",)),
+    "onnx_graph": Module(("ssov_export/onnx_graph.py",), ("tests/export/test_onnx_export.py",
+                                                         "tests/export/test_kernel_maps.py")),
+    "pointcloud": Module(("ssov_ros/pointcloud.py",), ("tests/ros/test_pointcloud.py",)),
+    "tf_buffer": Module(("ssov_ros/tf_buffer.py",), ("tests/ros/test_tf_buffer.py",)),
+    "checkpoint": Module(("ssov_train/training/checkpoint.py",), ("tests/training/test_checkpoint.py",)),
+    "engine": Module(("ssov_train/training/engine.py",), ("tests/training/test_resume.py",
+                                                         "tests/training/test_stages.py")),
+    "metrics": Module(("ssov_train/evaluation/metrics.py",), ("tests/evaluation/test_evaluate.py",)),
+    "node_output": Module(("ssov_ros/node.py",), ("tests/ros/test_node.py",)),
+}
+
+
+def _scratch(name: str, module: Module, root: Path) -> Path:
+    """A copy of the tracked files with setup.cfg's [mutmut] section completed for ``module``."""
+    work = root / name
+    shutil.rmtree(work, ignore_errors=True)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    cfg = configparser.ConfigParser()
+    cfg.read(work / "setup.cfg")
+    packages = sorted({f.split("/")[0] for f in module.files})
+    cfg["mutmut"]["source_paths"] = "\n" + "\n".join(packages)
+    cfg["mutmut"]["only_mutate"] = "\n" + "\n".join(module.files)
+    cfg["mutmut"]["pytest_add_cli_args_test_selection"] = "\n" + "\n".join(module.tests)
+    with open(work / "setup.cfg", "w") as f:
+        cfg.write(f)
+    return work
+
+
+def _mutmut(work: Path, *args: str, check: bool = True) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=work, text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"mutmut {' '.join(args)} failed in {work}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+_DIFFS = """
+import json, sys
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name, path=find_mutant(name).path) for name in json.load(sys.stdin)}))
+"""
+
+
+def _diffs(work: Path, names: list[str]) -> dict[str, str]:
+    """{mutant: its diff}, from one process (`mutmut show` per mutant costs a start-up each)."""
+    proc = subprocess.run([sys.executable, "-c", _DIFFS], cwd=work, input=json.dumps(names), text=True,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"reading the mutants' diffs failed in {work}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _equivalent() -> dict[str, str]:
+    """{mutant name: why it is equivalent} from tools/mutation_equivalent.txt ('name: reason' lines)."""
+    if not EQUIVALENT.exists():
+        return {}
+    out = {}
+    for line in EQUIVALENT.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition(":")
+            out[name.strip()] = reason.strip()
+    return out
+
+
+def run_module(name: str, root: Path, max_children: int) -> dict:
+    module = MODULES[name]
+    work = _scratch(name, module, root)
+    # mutmut's own summary line goes to the terminal; the numbers come from its stats export
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
+                         text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"mutmut run failed for {name} (in {work})")
+    _mutmut(work, "export-cicd-stats")
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    listing = _mutmut(work, "results", "--all", "true")
+    statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    equivalent = _equivalent()
+    survivors = sorted(m for m, s in statuses.items() if s not in ("killed", "timeout", "skipped"))
+    diffs = _diffs(work, survivors)
+    tested = stats["total"] - stats["skipped"]
+    killed = stats["killed"] + stats["timeout"]
+    n_equivalent = sum(m in equivalent for m in survivors)
+    result = dict(module=name, files=list(module.files), tests=list(module.tests), tested=tested, killed=killed,
+                  score=killed / tested if tested else 0.0,
+                  score_without_equivalent=killed / (tested - n_equivalent) if tested > n_equivalent else 0.0,
+                  survivors={m: dict(status=statuses[m], equivalent=equivalent.get(m), diff=diffs[m])
+                             for m in survivors})
+    (root / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(f"mutation {name}: {killed}/{tested} killed = {100 * result['score']:.1f}% "
+          f"({100 * result['score_without_equivalent']:.1f}% without {n_equivalent} equivalent); "
+          f"{len(survivors) - n_equivalent} survivor(s) left", flush=True)
+    return result
+
+
+def write_doc(root: Path) -> None:
+    """docs/mutation.md's results part from every module result found in ``root`` (earlier runs included)."""
+    results = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    equivalent = _equivalent()  # reasons as listed now (the list may have grown since a module's run)
+    for r in results:
+        for m, s in r["survivors"].items():
+            s["equivalent"] = equivalent.get(m)
+        n_equivalent = sum(s["equivalent"] is not None for s in r["survivors"].values())
+        r["score_without_equivalent"] = r["killed"] / (r["tested"] - n_equivalent) if r["tested"] > n_equivalent else 0.0
+    results.sort(key=lambda r: list(MODULES).index(r["module"]) if r["module"] in MODULES else 99)
+    lines = ["| module | files | tests | killed / tested | score | score without equivalent |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['killed']} / "
+                     f"{r['tested']} | {100 * r['score']:.1f}% | {100 * r['score_without_equivalent']:.1f}% |")
+    lines.append("")
+    for r in results:
+        if not r["survivors"]:
+            continue
+        lines.append(f"### {r['module']}: survivors")
+        lines.append("")
+        for m, s in r["survivors"].items():
+            why = f"equivalent: {s['equivalent']}" if s["equivalent"] else f"{s['status']}, not yet killed"
+            change = [ln for ln in s["diff"].splitlines() if ln.startswith(("+ ", "- ", "+", "-"))
+                      and not ln.startswith(("+++", "---"))]
+            shown = " / ".join(f"{x[0]} {x[1:].strip()}" for x in change[:2])[:200]
+            lines.append(f"- `{m}` ({why}): `{shown}`")
+        lines.append("")
+    text = DOC.read_text() if DOC.exists() else "# Mutation testing\n\n<!-- results -->\n"
+    head = text.split("<!-- results -->")[0]
+    DOC.write_text(head + "<!-- results -->\n\n" + "\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help=f"modules to run (default all): {', '.join(MODULES)}")
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("MUTATION_DIR", Path(tempfile.gettempdir())
+                                                                       / "ssov-mutation")),
+                    help="scratch directory (one copy of the repository per module, and the results)")
+    ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--doc-only", action="store_true", help="rewrite docs/mutation.md from earlier results")
+    args = ap.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.doc_only:
+        for name in args.modules or list(MODULES):
+            run_module(name, args.work, args.max_children)
+    write_doc(args.work)
+    for p in sorted(args.work.glob("*.json")):
+        r = json.loads(p.read_text())
+        print(f"{r['module']:12s} {100 * r['score']:5.1f}% killed ({r['killed']}/{r['tested']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
