@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ros_test_utils import DOMAIN_ID
+from ros_test_utils import DOMAIN_ID, reserve_domain
 
 pytest.importorskip("rclpy")
 
@@ -183,7 +183,7 @@ def test_replay_waits_only_for_topics_someone_reads():
 def test_replay_says_which_cloud_topic_nobody_reads():
     proc = subprocess.run([sys.executable, "-m", "ssov_ros.replay", str(SAMPLE_BAG), "--rate", "10",
                            "--wait-for-subscribers", "1"], capture_output=True, text=True, cwd=REPO, timeout=60,
-                          env={**os.environ, "ROS_DOMAIN_ID": str(random.randrange(100, 200))})
+                          env={**os.environ, "ROS_DOMAIN_ID": str(reserve_domain())})  # nobody reads there
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "no subscriber" in ln]
     assert len(lines) == 1 and "no subscriber after 1 s on /lidar_top/points (is the node running" in lines[0]

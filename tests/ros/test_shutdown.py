@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import threading
 import time
 
 import pytest
-from ros_test_utils import DEMO_MODEL, REPO, encode, to_rclpy
+from ros_test_utils import DEMO_MODEL, REPO, encode, reserve_domain, to_rclpy
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -85,7 +84,7 @@ def _assert_clean(rc: int, out: str) -> None:
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_replay_stops_cleanly_while_playing(sig):
-    p = Process([sys.executable, "-m", "ssov_ros.replay", str(SYNTH_BAG), "--loop"], random.randrange(100, 200))
+    p = Process([sys.executable, "-m", "ssov_ros.replay", str(SYNTH_BAG), "--loop"], reserve_domain())
     assert p.wait_for("playing"), "".join(p.lines)
     p.signal_group(sig)
     rc, out = p.finish()
@@ -95,7 +94,7 @@ def test_replay_stops_cleanly_while_playing(sig):
 
 def test_replay_stops_cleanly_while_waiting_for_subscribers():
     p = Process([sys.executable, "-m", "ssov_ros.replay", str(SYNTH_BAG), "--wait-for-subscribers", "300"],
-                random.randrange(100, 200))
+                reserve_domain())
     assert p.wait_for("waiting up to 300 s for a subscriber on /lidar_top/points"), "".join(p.lines)
     p.signal_group(signal.SIGINT)
     rc, out = p.finish(timeout=30)  # well before the 300 s
@@ -107,7 +106,7 @@ def test_replay_stops_cleanly_while_waiting_for_subscribers():
 def test_record_stops_cleanly_and_writes_its_bag(tmp_path, sig):
     bag = tmp_path / "out"
     p = Process([sys.executable, "-m", "ssov_ros.record", str(bag), "--topics", "/nothing_here"],
-                random.randrange(100, 200))
+                reserve_domain())
     assert p.wait_for("recording /nothing_here"), "".join(p.lines)
     p.signal_group(sig)
     rc, out = p.finish()
@@ -119,7 +118,7 @@ def test_record_stops_cleanly_and_writes_its_bag(tmp_path, sig):
 def test_node_stops_cleanly_with_clouds_in_flight(frame, sig):
     """Clouds keep coming while the signal arrives (one is in the network or AFI): it is published or dropped
     quietly, and the node exits 0 without a traceback."""
-    domain = random.randrange(100, 200)
+    domain = reserve_domain()
     p = Process([sys.executable, "-m", "ssov_ros.node", "--ros-args", "--params-file",
                  str(REPO / "config" / "ssov_node.yaml"), "-p", f"model.path:={DEMO_MODEL}"], domain)
     context = rclpy.Context()
