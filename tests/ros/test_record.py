@@ -82,6 +82,8 @@ def test_record_writes_what_was_published(tmp_path):
         proc = _record([str(bag), "--topics", "/points", "/legend", "/scan", "--max-messages", "5"])
         for pub in (legend_pub, clouds, scans):
             peer.wait_for(lambda: pub.get_subscription_count() == 1, proc, f"the recorder subscribing {pub.topic}")
+        # the latched legend reaches the late-joining recorder before the next one replaces it (writer depth 1)
+        assert legend_pub.wait_for_all_acked(ACKED), "the recorder never acknowledged the latched legend"
         for legend in legends[1:]:  # one at a time: a depth-1 latched writer keeps only the newest sample
             legend_pub.publish(legend)
             assert legend_pub.wait_for_all_acked(ACKED), "the recorder never acknowledged a legend"
@@ -101,7 +103,8 @@ def test_record_writes_what_was_published(tmp_path):
         while not scan_and_check():
             if time.monotonic() > end:
                 proc.send_signal(signal.SIGINT)
-                pytest.fail(f"the recorder never stopped after 5 messages per topic:\n{proc.communicate(timeout=60)[0]}")
+                out = proc.communicate(timeout=60)[0]
+                pytest.fail(f"the recorder never stopped after 5 messages per topic:\n{out}")
             peer.executor.spin_once(timeout_sec=0.05)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -103,30 +103,35 @@ def test_kill_and_resume_reaches_the_same_weights(config_factory, tmp_path, one_
     assert _logged_steps(killed.output) == list(range(1, 7))  # each step once, though the killed run began epoch 2
 
 
+EPOCHS = 12  # the interrupted run is far from its end when the signal arrives, even on a fast machine
+
+
 def test_ctrl_c_ends_with_one_line_and_the_command_that_resumes(config_factory, tmp_path, one_thread):
     """SIGINT mid-run through the CLI: exit 130, no traceback, one line naming where it stopped and the exact
     command; that command, run as printed, finishes with the weights of an uninterrupted run."""
-    optim = {"epochs": 3, "batch_size": 1, "lr": 0.05, "lr_head": 0.5, "num_workers": 0}
+    optim = {"epochs": EPOCHS, "batch_size": 1, "lr": 0.05, "lr_head": 0.5, "num_workers": 0}
     reference = config_factory("annotation_free", tmp_path / "uninterrupted", optim=optim)
     train(build_task(reference), progress=False)
 
     cfg_path = _write_yaml(config_factory("annotation_free", tmp_path / "unused", optim=optim), tmp_path / "af.yaml")
     run_dir = tmp_path / "interrupted"
     argv = ["annotation-free", "--cfg", str(cfg_path), "--output", str(run_dir)]
-    proc = subprocess.Popen([sys.executable, "-m", "ssov_train", *argv], cwd=REPO, env=one_thread,
+    # unbuffered: the first epoch's line must reach the test when it is printed, not when the run ends
+    proc = subprocess.Popen([sys.executable, "-m", "ssov_train", *argv], cwd=REPO,
+                            env={**one_thread, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()  # the first epoch's summary: printed once epoch 1 is saved
-        assert first.startswith("annotation_free epoch 1/3: train/total "), first
-        proc.send_signal(signal.SIGINT)  # during epoch 2 (3 steps per epoch, 3 epochs: far from the end)
+        assert first.startswith(f"annotation_free epoch 1/{EPOCHS}: train/total "), first
+        proc.send_signal(signal.SIGINT)  # early in the run: 3 steps per epoch, EPOCHS epochs, far from the end
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
-    match = re.fullmatch(r"ssov-train annotation-free: interrupted at epoch (\d) step (\d+) "
-                         r"\((.+)/last\.pt holds epoch (\d)\); resume with: (.+)", last_line)
+    match = re.fullmatch(r"ssov-train annotation-free: interrupted at epoch (\d+) step (\d+) "
+                         r"\((.+)/last\.pt holds epoch (\d+)\); resume with: (.+)", last_line)
     assert match, last_line
     epoch, step, held_dir, held = (int(match[1]), int(match[2]), match[3], int(match[4]))
     assert held_dir == str(run_dir) and held == epoch - 1 == load_checkpoint(run_dir / "last.pt")["epoch"]
@@ -137,8 +142,8 @@ def test_ctrl_c_ends_with_one_line_and_the_command_that_resumes(config_factory, 
     done = subprocess.run([sys.executable, "-m", "ssov_train", *resume[1:]], cwd=REPO, env=one_thread,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    _assert_same_weights(reference.output / "last.pt", run_dir / "last.pt", 9)
-    assert _logged_steps(run_dir) == list(range(1, 10))
+    _assert_same_weights(reference.output / "last.pt", run_dir / "last.pt", 3 * EPOCHS)
+    assert _logged_steps(run_dir) == list(range(1, 3 * EPOCHS + 1))
 
 
 def test_resume_with_another_config_names_the_key(config_factory, tmp_path, capsys):
