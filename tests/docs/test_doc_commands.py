@@ -4,6 +4,7 @@ marked `<!-- doc-test: skip (reason) -->` is checked for syntax and for the repo
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,16 +23,22 @@ _workspaces: dict[Path, Path] = {}
 
 
 def _workspace(doc: Path, tmp_path_factory) -> Path:
-    """One scratch repository per documentation file: its blocks build on each other (synth, then teach, ...)."""
+    """One scratch repository per documentation file: its blocks build on each other (synth, then teach, ...).
+
+    Tracked files (27 MB) and the build outputs in models/ are copied, not linked: a block that writes or
+    overwrites anything (a synthetic world in data/, an exported package in models/) writes into the copy, never
+    into the checkout.  Only the venv is linked."""
     if doc not in _workspaces:
         ws = tmp_path_factory.mktemp(doc.stem)
-        tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        for top in sorted({line.split("/", 1)[0] for line in tracked.splitlines()}):
-            if top != "models":
-                (ws / top).symlink_to(REPO / top)
-        (ws / "models").mkdir()  # outputs written into models/ (an exported package) stay in the scratch copy
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout
+        for name in [n for n in tracked.split("\0") if n]:
+            if (REPO / name).is_file():  # a tracked file deleted in the working tree is not copied
+                (ws / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, ws / name)
         for entry in (REPO / "models").iterdir():
-            (ws / "models" / entry.name).symlink_to(entry)
+            if entry.is_file() and not (ws / "models" / entry.name).exists():
+                shutil.copy2(entry, ws / "models" / entry.name)
         (ws / ".venv").symlink_to(Path(sys.prefix))
         _workspaces[doc] = ws
     return _workspaces[doc]
