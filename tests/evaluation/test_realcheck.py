@@ -174,3 +174,16 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"ssov-train realcheck: error: model file not found: {tmp_path / 'missing.pt'}"
     assert not (tmp_path / "out").exists()
+
+
+def test_two_models_side_by_side(tmp_path):
+    """The same model under two names: two rows, two columns per input, the same figures in both."""
+    doc = run_realcheck([("old", MODEL), ("new", MODEL)], tmp_path, SAMPLE_DIR, variants=["xyz_only"])
+    old, new = doc["models"]
+    assert (old["name"], new["name"]) == ("old", "new")
+    for key in ("box_points", "low_points_flat", "ego_lane_driveable", "vehicles", "label_shares"):
+        assert old["variants"]["xyz_only"][key] == new["variants"]["xyz_only"][key]
+    table = (tmp_path / "realcheck.md").read_text()
+    assert "| old | xyz_only |" in table and "| new | xyz_only |" in table
+    assert "| box class | points | old · xyz_only | new · xyz_only |" in table
+    assert set(doc["files"]) == {"json", "markdown", "bev", "box_accuracy"}
