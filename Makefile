@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export GLOO_SOCKET_IFNAME := lo
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 
-.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export bench bench-scale gpu-check ablation mutation clean
+.PHONY: venv lock lock-gpu check-lock test demo demo-pipeline export realcheck bench bench-scale gpu-check ablation mutation clean
 
 venv: $(STAMP)
 
@@ -84,6 +84,12 @@ demo: $(STAMP) $(DEMO_PKG)/model.yaml
 # The first-stage pipeline on the shipped data (teachers, superpoints, the demo model's evaluation).
 demo-pipeline: $(STAMP)
 	$(PY) -m ssov_train.demo --out demo_out/pipeline
+
+# The real-data checks of docs/real_data_checks.md on the shipped keyframe; compare models with
+# make realcheck REALCHECK_MODELS="old=models/a.pt new=runs/b/model.pt"
+REALCHECK_MODELS ?= models/ssov_synthetic_minkunet34c_w025.pt
+realcheck: $(STAMP)
+	$(VENV)/bin/ssov-train realcheck $(addprefix --model ,$(REALCHECK_MODELS)) --out runs/realcheck
 
 bench: $(STAMP)
 	$(PY) bench/bench_superpoints.py

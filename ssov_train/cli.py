@@ -190,6 +190,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+
+def cmd_realcheck(args) -> int:
+    from .evaluation.realcheck import parse_model_argument, run_realcheck, text_report
+
+    doc = run_realcheck([parse_model_argument(m) for m in args.model], args.out, args.data, variants=args.inputs,
+                        backend=args.backend, afi=not args.no_afi, figures=not args.no_figures)
+    print(text_report(doc))
+    print("\n" + ", ".join([str(Path(args.out) / "realcheck.json"), str(Path(args.out) / "realcheck.md"),
+                            *(v for k, v in doc.get("files", {}).items() if k in ("bev", "box_accuracy"))]))
+    return 0
+
 def _print_report(report: dict) -> None:
     keys = ["num_samples", "num_missing", "paired_fraction", "labelled_fraction", "miou_labelled_points",
             "miou_all_points", "accuracy_labelled_points", "box_points", "box_points_labelled_fraction",
@@ -311,6 +322,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
+    rc = add_command("realcheck", help="plausibility checks on the shipped real nuScenes keyframe, models side by "
+                                       "side: box accuracy, flat share of low points, ego lane, vehicle share")
+    rc.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                    help="checkpoint (.pt) or exported model package (.ssovpkg); repeat to compare models "
+                         "(NAME labels it in the tables, default: the file name)")
+    rc.add_argument("--data", type=Path, default=Path("data/nuscenes_sample"),
+                    help="single-sample folder (sample.json with boxes; default: the shipped keyframe)")
+    rc.add_argument("--out", type=Path, default=Path("runs/realcheck"),
+                    help="output folder: realcheck.json, realcheck.md, bev_labels.png, box_accuracy.png")
+    from .evaluation.realcheck import VARIANTS
+
+    rc.add_argument("--inputs", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="input variants (default: all): " + "; ".join(f"{v.name}: {v.description}"
+                                                                     for v in VARIANTS.values()))
+    rc.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
+    rc.add_argument("--no-afi", action="store_true", help="raw network labels (default: AFI on, as the node runs it)")
+    rc.add_argument("--no-figures", action="store_true", help="tables only, no PNGs")
+    rc.set_defaults(func=cmd_realcheck)
     q = add_command("query", help="score every point of a scan against a text (heat-map PNG + per-point scores)")
     q.add_argument("--resume-path", required=True, type=Path, help="model file (ssov checkpoint or model package)")
     q.add_argument("--text", required=True, help="the query, e.g. 'traffic cone'")

@@ -9,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.patches import Circle, Patch, Polygon, Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
@@ -331,6 +331,93 @@ def bev_labels(points: np.ndarray, labels: np.ndarray, palette: np.ndarray, clas
     fig.tight_layout(rect=(0, 0.03 + 0.03 * rows, 1, 1))
     return _save(fig, path, dpi=90)
 
+
+
+def bev_label_grid(points: np.ndarray, panels: dict[tuple[str, str], np.ndarray], palette: np.ndarray,
+                   class_names: Sequence[str], path: str | Path, title: str, extent: float = 40.0,
+                   boxes: Sequence[np.ndarray] = (), lane: tuple[float, float] | None = None,
+                   radius: float | None = None, notes: dict[tuple[str, str], str] | None = None) -> Path:
+    """Bird's-eye views of one scan labelled several ways, side by side: ``panels`` maps (row, column) names
+    (model, input) to (N,) labels of ``points`` (N, 3+), x forward drawn to the right. ``boxes``: (4, 2) ground
+    footprints drawn as white outlines; ``lane`` (half length, half width): a dashed rectangle at the origin;
+    ``radius``: a dotted circle; ``notes``: a second title line per panel. One legend: the classes any panel uses."""
+    rows = list(dict.fromkeys(r for r, _ in panels))
+    cols = list(dict.fromkeys(c for _, c in panels))
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    inside = (np.abs(xy) <= extent).all(1)
+    pal = np.asarray(palette, dtype=np.float64) / 255.0
+    size = float(np.clip(15000.0 / max(int(inside.sum()), 1), 0.3, 4.0)) * (50.0 / extent) ** 0.5
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(5.2 * len(cols), 5.4 * len(rows) + 0.9),
+                             squeeze=False, sharex=True, sharey=True)
+    used: set[int] = set()
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_facecolor(_BEV_BACKGROUND)
+            if (r, c) not in panels:
+                ax.set_axis_off()
+                continue
+            labels = np.asarray(panels[(r, c)], dtype=np.int64).ravel()
+            if len(labels) != len(xy):
+                raise ValueError(f"panel {r} / {c}: {len(labels)} labels for {len(xy)} points")
+            lab = labels[inside]
+            used.update(np.unique(lab).tolist())
+            ax.scatter(xy[inside, 0], xy[inside, 1], s=size, c=pal[lab], linewidths=0, rasterized=True)
+            for fp in boxes:
+                ax.add_patch(Polygon(fp, closed=True, fill=False, edgecolor="white", linewidth=0.7))
+            if lane is not None:
+                ax.add_patch(Rectangle((-lane[0], -lane[1]), 2 * lane[0], 2 * lane[1], fill=False,
+                                                          edgecolor="yellow", linestyle="--", linewidth=0.9))
+            if radius is not None:
+                ax.add_patch(Circle((0, 0), radius, fill=False, edgecolor="yellow",
+                                                       linestyle=":", linewidth=0.9))
+            _bev_frame(ax, extent, ylabel=j == 0)
+            if i < len(rows) - 1:
+                ax.set_xlabel("")  # shared with the row below, whose titles it would cover
+            note = (notes or {}).get((r, c))
+            ax.set_title(f"{r} · {c}" + (f"\n{note}" if note else ""), fontsize=9.5)
+    handles = legend_handles({class_names[k]: palette[k] for k in sorted(used)})
+    ncol = min(len(handles), 9, 4 * len(cols)) or 1
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8.5, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    legend_rows = int(np.ceil(len(handles) / ncol))
+    fig.tight_layout(rect=(0, (0.35 + 0.25 * legend_rows) / fig.get_figheight(), 1, 1 - 0.45 / fig.get_figheight()),
+                     h_pad=1.5)
+    fig.subplots_adjust(hspace=0.2)  # room for the two-line titles of the rows below the first
+    return _save(fig, path, dpi=80)
+
+
+def grouped_share_bars(series: dict[tuple[str, str], Sequence[float]], groups: Sequence[str], path: str | Path,
+                       title: str, ylabel: str, goal: tuple[int, float] | None = None) -> Path:
+    """Grouped bars of shares (0..1, drawn in %): one group per entry of ``groups``, one bar per series (NaN:
+    no bar, "n/a"). Series are keyed (a, b), e.g. (model, input): one colour per b, one hatch per a.
+    ``goal`` (group index, share): a dashed target line over that group."""
+    n_grp, n_ser = len(groups), len(series)
+    fig, ax = plt.subplots(figsize=(max(7.0, min(16.0, 0.3 * n_grp * (n_ser + 1))), 4.4))
+    width = 0.84 / max(n_ser, 1)
+    colors, hatches = plt.get_cmap("tab10").colors, ["", "//", "..", "xx", "\\\\"]
+    firsts, seconds = list(dict.fromkeys(a for a, _ in series)), list(dict.fromkeys(b for _, b in series))
+    for s, ((a, b), values) in enumerate(series.items()):
+        vals = np.asarray(values, dtype=np.float64) * 100
+        x = np.arange(n_grp) + (s - (n_ser - 1) / 2) * width
+        ax.bar(x, np.nan_to_num(vals), width, color=colors[seconds.index(b) % len(colors)], edgecolor="black",
+               linewidth=0.4, hatch=hatches[firsts.index(a) % len(hatches)], label=f"{a} · {b}")
+        for xi, v in zip(x, vals):
+            ax.text(xi, (0 if np.isnan(v) else v) + 1.5, "n/a" if np.isnan(v) else f"{v:.0f}", ha="center",
+                    va="bottom", fontsize=6.5)
+    if goal is not None:
+        g, target = goal
+        ax.plot([g - 0.45, g + 0.45], [100 * target] * 2, color="black", linestyle="--", linewidth=1.0)
+        ax.text(g + 0.47, 100 * target, f"goal {100 * target:.0f}%", va="center", fontsize=7)
+    ax.set_xticks(np.arange(n_grp))
+    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8.5)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel(ylabel, fontsize=8.5)
+    ax.set_title(title, fontsize=10, pad=10 + 12 * int(np.ceil(n_ser / 3)))
+    ax.legend(fontsize=7.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(n_ser, 3), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
 
 # Grey for low scores so the scene stays readable on the dark background, then orange -> red -> yellow.
 _HEAT = matplotlib.colors.LinearSegmentedColormap.from_list("ssov_query", ["#8a9099", "#e8a33a", "#ff3b1f", "#ffff70"])

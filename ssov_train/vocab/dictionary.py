@@ -116,6 +116,17 @@ class ClassDictionary:
                 return k
         raise KeyError(f"{self.name}: no raw class {name!r}")
 
+    def eval_classes_in_group(self, group: str) -> list[str]:
+        """Evaluation classes whose raw classes all lie in the raw taxonomy's top-level ``group`` (the part of
+        the raw name before the first dot: nuScenes ``flat`` -> driveable_surface, other_flat, sidewalk,
+        terrain; ``vehicle`` -> car, truck, bus, ...), in evaluation order; [] when the raw names have no such
+        group (SemanticKITTI's flat names)."""
+        members: dict[int, list[str]] = {}
+        for raw, ev in self.raw_to_eval_map.items():
+            if ev:
+                members.setdefault(ev, []).append(self.raw_classes[raw].split(".", 1)[0])
+        return [self.class_names[ev] for ev in sorted(members) if all(g == group for g in members[ev])]
+
     def category_of_raw(self, raw_class: int) -> Category:
         """The first category mapping to ``raw_class`` (used by oracle-style teachers)."""
         for c in self.categories:

@@ -137,6 +137,19 @@ def test_hand_written_dictionary_tables():
     assert (explicit.version, explicit.dataset, explicit.palette[0].tolist()) == (3, "tinyset", [1, 2, 3])
 
 
+
+def test_eval_classes_of_a_raw_group(nus):
+    """The nuScenes taxonomy's top-level groups, as its category list names them."""
+    assert nus.eval_classes_in_group("flat") == ["driveable_surface", "other_flat", "sidewalk", "terrain"]
+    assert nus.eval_classes_in_group("vehicle") == ["bicycle", "bus", "car", "construction_vehicle", "motorcycle",
+                                                    "trailer", "truck"]  # vehicle.ego and emergency map to ignore
+    assert nus.eval_classes_in_group("human") == ["pedestrian"]
+    assert nus.eval_classes_in_group("plane") == []
+    assert load_dictionary("semantickitti").eval_classes_in_group("flat") == []  # no dotted raw names
+    mixed = parse_dictionary({**_tiny(), "raw_classes": {**_tiny()["raw_classes"], 3: {"name": "road", "eval": "road"}}})
+    assert mixed.eval_classes_in_group("flat") == []  # road also comes from a raw class outside flat.*
+    assert mixed.eval_classes_in_group("vehicle") == ["car"]
+
 def test_allowed_duplicate_prompts_are_kept_with_their_ids():
     doc = _tiny()
     doc["categories"][1]["prompts"] = ["road", "car"]  # prompt 3 repeats prompt 0
