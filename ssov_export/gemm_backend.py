@@ -18,7 +18,8 @@ no im2col zeros): the rate a bench prints over the useful MACs is the rate this 
 SGEMM is called through its function pointer (the Fortran ``sgemm`` interface) from inside numba: scipy's
 OpenBLAS (``scipy.linalg.cython_blas``) where scipy is installed, otherwise the OpenBLAS bundled in numpy's
 wheel (64-bit integers), so the slim runtime needs nothing new.  The BLAS runs on one thread (the node decides
-its cores; small GEMMs gain nothing from BLAS threads on a busy machine).
+its cores; small GEMMs gain nothing from BLAS threads on a busy machine); with ``threads=2`` the large convs
+are split by kernel index over two threads of our own (numba releases the GIL).
 
 Model files: an ``ssov-checkpoint`` (``*.pt``; torch folds the weights once at load) or an exported model package
 that carries ``weights_cpu.npz`` (``ssov-export onnx`` writes it; no torch needed then).
@@ -46,6 +47,7 @@ from ssov_train.jit import jit
 from .kernel_maps import NUM_LEVELS, SUBM_CENTER, PairMaps, build_pair_maps
 
 WEIGHTS_FILE = "weights_cpu.npz"
+SPLIT_MIN_MACS = 4_000_000  # a conv split over two threads does at least this much (the hand-over costs ~50 us)
 BLOCK_FLOATS = 1 << 19  # gathered floats per block (2 MB): GEMMs long enough to amortise packing the weights
 
 
@@ -109,7 +111,6 @@ class Blas:
 
     def __init__(self) -> None:
         self.address, self.int_dtype, self.source = self._find()
-        self.ints = np.zeros(8, self.int_dtype)
 
     @staticmethod
     def _one_thread(lib: ctypes.CDLL, names: Sequence[str]) -> None:
@@ -143,13 +144,14 @@ class Blas:
 # ---- the fused sparse conv -------------------------------------------------------------------------------------
 
 @jit
-def _sparse_conv(blas, ints, x, w, centre, ins, outs, starts, bias, residual, relu, out, buf_in, buf_msg):
-    """``out`` (V_out, Cout) = epilogue(centre term + sum over pairs of x[in] @ w[k]).
+def _accumulate(blas, ints, x, w, centre, ins, outs, starts, first, last, out, buf_in, buf_msg):
+    """``out`` (V_out, Cout) = centre term + sum over the pairs of kernel indices ``first`` .. ``last - 1`` of
+    x[in] @ w[k].
 
-    ``w`` (K, Cin, Cout); ``centre`` >= 0: the kernel index applied to every row (submanifold convs: V_out = V_in)
-    else the output starts at zero; pairs ``ins[p] -> outs[p]`` grouped by kernel index, group k =
-    ``starts[k]:starts[k + 1]``; ``residual`` (V_out, Cout) is added when it has rows; ``relu`` clamps at 0.
-    ``buf_in`` / ``buf_msg`` (block, Cin / Cout) are the gather and message buffers."""
+    ``w`` (K, Cin, Cout); ``centre`` >= 0: the kernel index applied to every row (submanifold convs: V_out = V_in),
+    else the sum starts at zero; pairs ``ins[p] -> outs[p]`` grouped by kernel index, group k =
+    ``starts[k]:starts[k + 1]``.  ``buf_in`` / ``buf_msg`` (block, Cin / Cout) are the gather and message
+    buffers: a group is done in blocks of ``block`` pairs, so the gathered rows and messages stay in cache."""
     cin = x.shape[1]
     cout = w.shape[2]
     if centre >= 0:
@@ -157,7 +159,7 @@ def _sparse_conv(blas, ints, x, w, centre, ins, outs, starts, bias, residual, re
     else:
         out[:] = 0.0
     block = buf_in.shape[0]
-    for k in range(len(starts) - 1):
+    for k in range(first, last):
         p = starts[k]
         end = starts[k + 1]
         wk = w[k]
@@ -174,15 +176,30 @@ def _sparse_conv(blas, ints, x, w, centre, ins, outs, starts, bias, residual, re
                 for j in range(cout):
                     out[dst, j] += msg[t, j]
             p += n
+
+
+@jit
+def _epilogue(out, other, bias, residual, relu):
+    """``out = relu?(out [+ other] + bias [+ residual])`` in one pass; ``other`` / ``residual`` are added when they
+    have rows (the second thread's partial sum; a residual block's shortcut)."""
+    add_other = other.shape[0] > 0
     add_residual = residual.shape[0] > 0
     for r in range(out.shape[0]):
-        for j in range(cout):
+        for j in range(out.shape[1]):
             v = out[r, j] + bias[j]
+            if add_other:
+                v += other[r, j]
             if add_residual:
                 v += residual[r, j]
             if relu and v < 0.0:
                 v = 0.0
             out[r, j] = v
+
+
+def _sparse_conv(blas, ints, x, w, centre, ins, outs, starts, bias, residual, relu, out, buf_in, buf_msg):
+    """One whole conv on the calling thread: :func:`_accumulate` over every kernel index, then the epilogue."""
+    _accumulate(blas, ints, x, w, centre, ins, outs, starts, 0, len(starts) - 1, out, buf_in, buf_msg)
+    _epilogue(out, out[:0], bias, residual, relu)
 
 
 @jit
@@ -247,36 +264,79 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
 
 # ---- the network -----------------------------------------------------------------------------------------------
 
-class GemmNetwork:
-    """The folded MinkUNet run conv by conv with :func:`_sparse_conv` on a scan's :class:`PairMaps`."""
+class _Scratch:
+    """What one thread's convs write besides their outputs: gather / message buffers, the BLAS size scratch."""
 
-    def __init__(self, weights: dict[str, np.ndarray], blas: Optional[Blas] = None) -> None:
+    def __init__(self, floats: int, int_dtype) -> None:
+        self.buf_in = np.empty(floats, np.float32)
+        self.buf_msg = np.empty(floats, np.float32)
+        self.ints = np.zeros(8, int_dtype)
+
+    def buffers(self, block: int, cin: int, cout: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.buf_in[:block * cin].reshape(block, cin), self.buf_msg[:block * cout].reshape(block, cout)
+
+
+class GemmNetwork:
+    """The folded MinkUNet run conv by conv with :func:`_accumulate` on a scan's :class:`PairMaps`.
+
+    With ``threads=2`` a conv worth it (at least :data:`SPLIT_MIN_MACS`) is split by kernel index: the calling
+    thread does the centre term and the first kernel indices, a worker thread the rest into a second buffer,
+    balanced by pair count; the epilogue adds both (sums in another order: equal to the one-thread result up
+    to float rounding)."""
+
+    def __init__(self, weights: dict[str, np.ndarray], blas: Optional[Blas] = None, threads: int = 1) -> None:
         self.w = weights
         self.blas = blas or Blas()
         widest = max(max(v.shape[1], v.shape[2]) for k, v in weights.items() if k.endswith("_w"))
         self.block = max(64, BLOCK_FLOATS // widest)
-        self._buf_in = np.empty(self.block * widest, np.float32)
-        self._buf_msg = np.empty(self.block * widest, np.float32)
+        self.threads = 2 if threads and int(threads) >= 2 else 1
+        self._scratch = [_Scratch(self.block * widest, self.blas.int_dtype) for _ in range(self.threads)]
+        self._pool = None
+        if self.threads == 2:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cpu-gemm")
         self._none = np.empty((0, 1), np.float32)
 
-    def _buffers(self, cin: int, cout: int) -> tuple[np.ndarray, np.ndarray]:
-        return (self._buf_in[:self.block * cin].reshape(self.block, cin),
-                self._buf_msg[:self.block * cout].reshape(self.block, cout))
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def conv(self, x: np.ndarray, name: str, rulebook, rows: int, centre: int, relu: bool,
              residual: Optional[np.ndarray] = None) -> np.ndarray:
         w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
-        out = np.empty((rows, w.shape[2]), np.float32)
-        buf_in, buf_msg = self._buffers(w.shape[1], w.shape[2])
+        cin, cout = w.shape[1], w.shape[2]
+        out = np.empty((rows, cout), np.float32)
         ins, outs, starts = rulebook
-        _sparse_conv(self.blas.address, self.blas.ints, x, w, centre, ins, outs, starts, b,
-                     self._none if residual is None else residual, relu, out, buf_in, buf_msg)
+        residual = self._none if residual is None else residual
+        groups = len(starts) - 1
+        pairs = int(starts[-1]) + (rows if centre >= 0 else 0)
+        if self._pool is None or pairs * cin * cout < SPLIT_MIN_MACS:
+            buf_in, buf_msg = self._scratch[0].buffers(self.block, cin, cout)
+            _accumulate(self.blas.address, self._scratch[0].ints, x, w, centre, ins, outs, starts, 0, groups, out,
+                        buf_in, buf_msg)
+            _epilogue(out, out[:0], b, residual, relu)
+            return out
+        # the kernel index where the calling thread's share (centre rows + pairs) reaches half the work
+        done = (rows if centre >= 0 else 0) + starts
+        split = int(np.clip(np.searchsorted(done, pairs / 2), 1, groups - 1))
+        other = np.empty_like(out)
+        scratch = self._scratch[1]
+        buf_in2, buf_msg2 = scratch.buffers(self.block, cin, cout)
+        job = self._pool.submit(_accumulate, self.blas.address, scratch.ints, x, w, -1, ins, outs, starts, split,
+                                groups, other, buf_in2, buf_msg2)
+        buf_in, buf_msg = self._scratch[0].buffers(self.block, cin, cout)
+        _accumulate(self.blas.address, self._scratch[0].ints, x, w, centre, ins, outs, starts, 0, split, out,
+                    buf_in, buf_msg)
+        job.result()
+        _epilogue(out, other, b, residual, relu)
         return out
 
     def dense(self, x: np.ndarray, name: str) -> np.ndarray:
         w, b = self.w[f"{name}_w"][0], self.w[f"{name}_b"]
         out = np.empty((len(x), w.shape[1]), np.float32)
-        _dense(self.blas.address, self.blas.ints, x, w, b, out)
+        _dense(self.blas.address, self._scratch[0].ints, x, w, b, out)
         return out
 
     def residual_block(self, x: np.ndarray, prefix: str, maps: PairMaps, level: int) -> np.ndarray:
@@ -314,8 +374,9 @@ class GemmNetwork:
 
 class GemmBackend(Backend):
     """``open_backend(model, "cpu-gemm")`` for an ``ssov-checkpoint`` or a package with ``weights_cpu.npz``.
-    ``threads`` is accepted for the common interface: the network runs on the calling thread (one core; the node
-    overlaps it with AFI on the other).  ``last_timings_ms`` holds the kernel-map and network times of the last
+    ``threads``: 1 (or unset: the node's default; it overlaps the network with AFI on the other core) runs the
+    network on the calling thread, 2 or more splits the large convs over two threads (:class:`GemmNetwork`).
+    ``last_timings_ms`` holds the kernel-map and network times of the last
     :meth:`run`."""
 
     name = "cpu-gemm"
@@ -344,7 +405,7 @@ class GemmBackend(Backend):
             self.spec = pkg.spec
             self.text_embeddings = pkg.text_embeddings_path
             weights = load_weights(pkg.gemm_weights_path)
-        self.network = GemmNetwork(weights)
+        self.network = GemmNetwork(weights, threads=threads or 1)
         self.last_timings_ms: dict[str, float] = {}
         self._lock = threading.Lock()  # the network's scratch buffers serve one scan at a time
 
@@ -361,5 +422,8 @@ class GemmBackend(Backend):
         self.last_timings_ms = {"kernel_maps": (t_maps - t) * 1e3, "network": (time.perf_counter() - t_maps) * 1e3}
         return out
 
+    def close(self) -> None:
+        self.network.close()
+
     def describe(self) -> str:
-        return f"cpu-gemm ({self.network.blas.source}, {self.path.name})"
+        return f"cpu-gemm ({self.network.blas.source}, {self.network.threads} thread(s), {self.path.name})"

@@ -44,7 +44,8 @@ def conv(x, stack, rulebook, rows, centre, bias=None, residual=None, relu=False,
     buf_in, buf_msg = np.empty((block, x.shape[1]), np.float32), np.empty((block, cout), np.float32)
     bias = np.zeros(cout, np.float32) if bias is None else bias
     residual = np.empty((0, 1), np.float32) if residual is None else residual
-    _sparse_conv(BLAS.address, BLAS.ints, x, stack, centre, *rulebook, bias, residual, relu, out, buf_in, buf_msg)
+    ints = np.zeros(8, BLAS.int_dtype)
+    _sparse_conv(BLAS.address, ints, x, stack, centre, *rulebook, bias, residual, relu, out, buf_in, buf_msg)
     return out
 
 
@@ -111,11 +112,19 @@ def demo_vox(demo_checkpoint):
     return model, backend, vox
 
 
-def test_demo_model_matches_spconv_on_the_real_sweep(demo_vox):
+def test_demo_model_matches_spconv_on_the_real_sweep(demo_vox, demo_checkpoint):
     model, backend, vox = demo_vox
-    parity = compare(spconv_logits(model, vox), backend.run(vox.features, vox.coords, vox.spatial_shape))
+    reference = spconv_logits(model, vox)
+    parity = compare(reference, backend.run(vox.features, vox.coords, vox.spatial_shape))
     assert parity.max_abs_diff <= 1e-4 and parity.label_agreement >= 0.9999, parity
     assert set(backend.last_timings_ms) == {"kernel_maps", "network"}
+    two = GemmBackend(demo_checkpoint, threads=2)  # the large convs split by kernel index over two threads
+    try:
+        assert two.network.threads == 2
+        parity = compare(reference, two.run(vox.features, vox.coords, vox.spatial_shape))
+        assert parity.max_abs_diff <= 1e-4 and parity.label_agreement >= 0.9999, parity
+    finally:
+        two.close()
 
 
 @pytest.mark.parametrize("stage", ["annotation_free", "pretrain"])
