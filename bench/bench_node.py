@@ -6,7 +6,8 @@ the run (growth = a leak), plus the per-stage times the node publishes on ~/debu
 ``--pipeline both`` (the default) runs the node twice in one go, pipeline.enabled true then false.
 
     .venv/bin/python bench/bench_node.py [--duration 30 | --five-minutes] [--afi on|off] [--rate 10]
-                                          [--pipeline both|on|off] [--threads N] [--fuzz N] [--out runs/bench_node]
+                                          [--pipeline both|on|off] [--threads N] [--backend auto|cpu-gemm|...]
+                                          [--fuzz N] [--out runs/bench_node]
 
 Writes <out>/bench_node.json and <out>/bench_node_pipeline_<on|off>.png (latency per frame, RSS over time).
 ``--fuzz N`` also feeds N mutated clouds (ssov_ros.fuzz) to an in-process node and reports how many were
@@ -62,7 +63,7 @@ def run_live(args, pipeline: str) -> dict:
     frame = real_sample()
     cmd = [sys.executable, "-m", "ssov_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "ssov_node.yaml"),
            "-p", f"afi.enabled:={'true' if args.afi == 'on' else 'false'}", "-p", f"model.threads:={args.threads}",
-           "-p", f"pipeline.enabled:={'true' if pipeline == 'on' else 'false'}"]
+           "-p", f"pipeline.enabled:={'true' if pipeline == 'on' else 'false'}", "-p", f"model.backend:={args.backend}"]
     node_proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     driver = rclpy.create_node("ssov_bench_driver")
@@ -203,6 +204,7 @@ def main() -> int:
     p.add_argument("--pipeline", choices=("both", "on", "off"), default="both",
                    help="pipeline.enabled of the node; both = one run each, on first")
     p.add_argument("--threads", type=int, default=1, help="model.threads of the node (0 = library default: all cores)")
+    p.add_argument("--backend", default="auto", help="model.backend of the node (auto: onnxruntime for the package)")
     p.add_argument("--fuzz", type=int, default=0, help="also feed N mutated clouds to an in-process node")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_node"))
     args = p.parse_args()

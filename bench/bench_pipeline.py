@@ -6,6 +6,7 @@ load hits both alike; the figure is the minimum ms/frame over repeats (median sh
 are checked equal to the serial ones on every frame.
 
     .venv/bin/python bench/bench_pipeline.py [--frames 20] [--repeats 5] [--threads 1] [--package PKG]
+                                             [--backend auto|cpu-gemm|...]
 
 Writes runs/bench_pipeline/bench_pipeline.json.
 """
@@ -60,6 +61,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=20, help="frames per timed run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (the node's model.threads)")
+    p.add_argument("--backend", default="auto", help="the node's model.backend (auto: onnxruntime for a package)")
     p.add_argument("--package", default=str(PACKAGE), help="exported model package (or a .pt for torch)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_pipeline"))
     args = p.parse_args()
@@ -69,7 +71,7 @@ def main() -> int:
     reader = SampleReader(REPO / "data" / "nuscenes_sample")
     frame = reader.load(reader.split_tokens()[0])
     xyz, intensity = frame.points, frame.intensity
-    backend = open_backend(args.package, threads=args.threads)
+    backend = open_backend(args.package, args.backend, threads=args.threads)
     results = {}
     for name, history in (("afi_per_frame", 0), ("afi_streaming_history_3", 3)):
         seg = Segmenter(backend, afi=AFIConfig(), temporal=TemporalConfig(history=history))

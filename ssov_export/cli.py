@@ -38,8 +38,8 @@ def cmd_onnx(args) -> int:
                                  text_embeddings=args.text_embeddings, max_voxels=args.max_voxels)
     pkg = load_package(out, verify=False)
     table = pkg.text_embeddings_path
-    print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + model.yaml"
-          + (f" + {table.name}" if table is not None else ""))
+    print(f"wrote {out}/model.onnx (portable graph) + model_cpu.onnx (cpu graph) + weights_cpu.npz (cpu-gemm) + "
+          f"model.yaml" + (f" + {table.name}" if table is not None else ""))
     if not pkg.spec.has_classes and table is None:
         print("note: no text embeddings in the package (the checkpoint's teacher outputs are not on disk): text "
               "queries will need --embeddings or --text-encoder; pass --text-embeddings to include them")
@@ -71,6 +71,7 @@ def cmd_check(args) -> int:
         vox = sample_scan(pkg.spec)
         reference = spconv_logits(model, vox)
         graphs = ["cpu", "portable"] if pkg.cpu_onnx_path is not None else ["portable"]
+        graphs += ["cpu-gemm"] if pkg.gemm_weights_path is not None else []
         for graph in graphs:
             parity = check_parity(pkg.root, reference, vox, graph=graph)
             print(f"parity of the {graph} graph vs {args.checkpoint} on the real sample, {parity}")

@@ -32,6 +32,9 @@ Kernel index convention (checked against spconv in tests/export): 3^3 offset (a,
 reads fine site ``2 * out + (a, b, c)``.  All index arrays are int32 (TensorRT's native index type; 2^31 rows
 is far beyond any scan).
 
+The ``cpu-gemm`` backend (ssov_export/gemm_backend.py) takes the same pairs as plain lists grouped by kernel
+index, without chunks or tables (:func:`build_pair_maps`).
+
 Two **flavours** of the same rulebooks feed the two graphs of a package (ssov_export/onnx_graph.py):
 
 * ``portable`` (above, scatter-free): TensorRT and the CUDA execution provider;
@@ -532,3 +535,65 @@ def build_kernel_maps(coords: np.ndarray, chunks: dict[str, int] | None = None,
             pending = (parent, kernel, len(level))
             level = coarse
     return KernelMaps(sizes, subm, down, up, order0, restore0, level_coords, flavour)
+
+
+# ---- pair lists (the cpu-gemm backend, ssov_export/gemm_backend.py) -------------------------------------------
+
+@dataclass
+class PairMaps:
+    """Every rulebook of one scan as plain pair lists: ``subm[l]``, ``down[l]`` (level l -> l+1) and ``up[l]``
+    (level l+1 -> l) are (in rows, out rows, starts): int32 pairs grouped by kernel index, group k at
+    ``starts[k]:starts[k + 1]`` (int64, kernel volume + 1 entries).  Submanifold lists leave the centre out (every
+    site is its own centre).  Rows: level 0 in the input order, coarser levels in key order (as the cpu flavour)."""
+
+    level_sizes: list[int]
+    subm: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    down: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    up: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    @property
+    def num_pairs(self) -> list[int]:
+        """Neighbour pairs (centre excluded) of every level's submanifold rulebook."""
+        return [len(ins) for ins, _, _ in self.subm]
+
+
+@jit
+def _group_pairs(in_rows, out_rows, kernel, kernel_volume):
+    """Pairs grouped by kernel index, a stable counting sort: (in rows, out rows, group starts)."""
+    starts = np.zeros(kernel_volume + 1, np.int64)
+    for k in kernel:
+        starts[k + 1] += 1
+    for k in range(kernel_volume):
+        starts[k + 1] += starts[k]
+    fill = starts[:-1].copy()
+    ins = np.empty(len(in_rows), np.int32)
+    outs = np.empty(len(in_rows), np.int32)
+    for p in range(len(in_rows)):
+        at = fill[kernel[p]]
+        fill[kernel[p]] = at + 1
+        ins[at] = in_rows[p]
+        outs[at] = out_rows[p]
+    return ins, outs, starts
+
+
+def build_pair_maps(coords: np.ndarray) -> PairMaps:
+    """All rulebooks of one scan, as pair lists, from the voxelizer's (V, 3) non-negative int coords: the same
+    pairs as :func:`build_kernel_maps`' cpu flavour (same row order), without chunks or tables."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 3 or len(coords) == 0:
+        raise DataError(f"kernel maps: coords must be a non-empty (V, 3) array, got {coords.shape}")
+    if coords.min() < 0:
+        raise DataError("kernel maps: coords must be non-negative grid indices (as the voxelizer gives)")
+    level = coords.astype(np.int64)
+    sizes, subm, down, up = [], [], [], []
+    for lv in range(NUM_LEVELS):
+        ins, outs, ks = _subm_pairs(level)
+        sizes.append(len(level))
+        subm.append(_group_pairs(ins, outs, ks, 27))
+        if lv < NUM_LEVELS - 1:
+            coarse, parent, kernel = _downsample(level)
+            fine = np.arange(len(level))
+            down.append(_group_pairs(fine, parent, kernel, 8))
+            up.append(_group_pairs(parent, fine, kernel, 8))
+            level = coarse
+    return PairMaps(sizes, subm, down, up)

@@ -14,11 +14,12 @@ from ssov_train.errors import ConfigError, DataError
 from ssov_train.io import write_bytes_atomic, write_text_atomic
 from ssov_train.training.checkpoint import load_model
 
+from .gemm_backend import fold_weights, write_gemm_weights
 from .engine import SENSOR_MAX_POINTS, default_profile, sample_shapes
 from .kernel_maps import build_kernel_maps
 from .onnx_graph import OPSET, build_graph
-from .package import (CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, ONNX_FILE, SIDECAR_FILE, TEXT_EMBEDDINGS_FILE,
-                      load_package, sha256_of)
+from .package import (CPU_ONNX_FILE, FORMAT_NAME, FORMAT_VERSION, GEMM_WEIGHTS_FILE, ONNX_FILE, SIDECAR_FILE,
+                      TEXT_EMBEDDINGS_FILE, load_package, sha256_of)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data" / "nuscenes_sample"
@@ -80,11 +81,17 @@ def compare(reference: np.ndarray, candidate: np.ndarray, has_classes: bool = Tr
 
 def check_parity(package: str | Path, reference: np.ndarray, vox, threads: Optional[int] = None,
                  graph: str = "auto") -> Parity:
-    """Run ``package`` in onnxruntime on ``vox`` (its cpu graph, or ``graph="portable"``) and compare with
-    ``reference``, the spconv model's logits on ``vox`` (:func:`spconv_logits`, computed once for all graphs)."""
-    from .onnx_backend import OnnxRuntimeBackend
+    """Run ``package`` in onnxruntime on ``vox`` (its cpu graph, or ``graph="portable"``; ``graph="cpu-gemm"``:
+    the cpu-gemm backend on the package's folded weights) and compare with ``reference``, the spconv model's
+    logits on ``vox`` (:func:`spconv_logits`, computed once for all graphs)."""
+    if graph == "cpu-gemm":
+        from .gemm_backend import GemmBackend
 
-    backend = OnnxRuntimeBackend(package, threads=threads, graph=graph)
+        backend = GemmBackend(package)
+    else:
+        from .onnx_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(package, threads=threads, graph=graph)
     out = backend.run(vox.features, vox.coords, vox.spatial_shape)
     return compare(reference, out, backend.spec.has_classes)
 
@@ -152,6 +159,7 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
     write_bytes_atomic(out / ONNX_FILE, graph.SerializeToString())
     cpu_graph = build_graph(model, chunks, flavour="cpu")
     write_bytes_atomic(out / CPU_ONNX_FILE, cpu_graph.SerializeToString())
+    write_gemm_weights(out / GEMM_WEIGHTS_FILE, fold_weights(model))
     text_meta = None
     if table is not None:
         table.save(out / TEXT_EMBEDDINGS_FILE)
@@ -168,6 +176,7 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
                  "inputs": [i.name for i in graph.graph.input], "outputs": ["logits"], "index_dtype": "int32"},
         "onnx_cpu": {"file": CPU_ONNX_FILE, "sha256": sha256_of(out / CPU_ONNX_FILE),
                      "inputs": [i.name for i in cpu_graph.graph.input]},
+        "gemm_weights": {"file": GEMM_WEIGHTS_FILE, "sha256": sha256_of(out / GEMM_WEIGHTS_FILE)},
         "chunks": chunks,
         "sample_shapes": shapes,
         "profile": {"num_voxels": [lo, opt, hi], "max_pairs_per_site": MAX_PAIRS_PER_SITE},
@@ -181,11 +190,13 @@ def export_package(checkpoint: str | Path, out: str | Path, profile: Optional[tu
         reference = spconv_logits(model, vox)
         parity = check_parity(out, reference, vox)  # the cpu graph
         portable = check_parity(out, reference, vox, graph="portable")  # the graph TensorRT will be built from
+        gemm = check_parity(out, reference, vox, graph="cpu-gemm")
         sidecar["parity"] = {"sample_voxels": parity.num_voxels, "max_abs_diff": parity.max_abs_diff,
                              "label_agreement": parity.label_agreement,
                              "portable_max_abs_diff": portable.max_abs_diff,
-                             "portable_label_agreement": portable.label_agreement}
-        for name, result in ((CPU_ONNX_FILE, parity), (ONNX_FILE, portable)):
+                             "portable_label_agreement": portable.label_agreement,
+                             "gemm_max_abs_diff": gemm.max_abs_diff, "gemm_label_agreement": gemm.label_agreement}
+        for name, result in ((CPU_ONNX_FILE, parity), (ONNX_FILE, portable), (GEMM_WEIGHTS_FILE, gemm)):
             if not result.ok:
                 (out / SIDECAR_FILE).unlink()
                 raise DataError(f"export parity check failed on the real sample ({name}): {result}")

@@ -9,6 +9,9 @@ Layout (a directory, by convention ``<name>.ssovpkg/``)::
                    every rulebook, the TensorRT profile (min/opt/max voxels), opset, versions that made it,
                    sha256 of model.onnx (and model_cpu.onnx, text_embeddings.npz), and the parity figures
                    measured at export
+    weights_cpu.npz
+                   the network's BatchNorm-folded conv weights for the ``cpu-gemm`` backend
+                   (ssov_export/gemm_backend.py; packages without it run on the other backends)
     text_embeddings.npz
                    feature (TMP) models: the teacher's prompt embeddings in the model's output space
                    (an :class:`~ssov_train.openvocab.query.EmbeddingTable`), so that text queries need neither
@@ -41,6 +44,7 @@ FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
 CPU_ONNX_FILE = "model_cpu.onnx"
 TEXT_EMBEDDINGS_FILE = "text_embeddings.npz"
+GEMM_WEIGHTS_FILE = "weights_cpu.npz"
 SIDECAR_FILE = "model.yaml"
 REQUIRED_KEYS = ("format", "version", "spec", "onnx", "chunks", "profile")
 
@@ -78,6 +82,11 @@ class ModelPackage:
     def cpu_onnx_path(self) -> Path | None:
         """The cpu-flavour graph, or None for packages written before it existed."""
         return self.root / self.sidecar["onnx_cpu"]["file"] if "onnx_cpu" in self.sidecar else None
+
+    @property
+    def gemm_weights_path(self) -> Path | None:
+        """The cpu-gemm backend's folded weights, or None for packages written before it existed."""
+        return self.root / self.sidecar["gemm_weights"]["file"] if "gemm_weights" in self.sidecar else None
 
     @property
     def text_embeddings_path(self) -> Path | None:
@@ -125,6 +134,8 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
         files = [(pkg.onnx_path, pkg.onnx_sha256)]
         if pkg.cpu_onnx_path is not None:
             files.append((pkg.cpu_onnx_path, str(sidecar["onnx_cpu"]["sha256"])))
+        if pkg.gemm_weights_path is not None:
+            files.append((pkg.gemm_weights_path, str(sidecar["gemm_weights"]["sha256"])))
         if pkg.text_embeddings_path is not None:
             files.append((pkg.text_embeddings_path, str(sidecar["text_embeddings"]["sha256"])))
         for path, expected in files:

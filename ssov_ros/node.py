@@ -164,7 +164,8 @@ class SegmenterNode(Node):
         if afi_cfg is not None:
             _check_afi_classes(afi_cfg, self.cfg.afi.preset, spec)
         self.segmenter = Segmenter(backend, afi=afi_cfg,
-                                   temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None)
+                                   temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None,
+                                   max_voxels=self.cfg.model.max_voxels or None)
         # before subscribing: the first real cloud must not pay the one-off costs (measured 1.2 s -> 0.33 s)
         self.warmup_ms: Optional[float] = self.segmenter.warm_up() if self.cfg.model.warmup else None
         self._lock = threading.Lock()  # stats and lazily created publishers: callbacks and the worker share them

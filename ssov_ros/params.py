@@ -55,12 +55,16 @@ class ModelParams:
                        "is looked up in the package share directory (share/ssov_ros), then the working directory, "
                        "then the source tree; the default falls back to the installed checkpoint (torch) when "
                        "the exported package was not built")
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = _param(
-        "auto", "inference backend; auto = by file type (.pt: torch, package: onnxruntime)")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "cpu-gemm"] = _param(
+        "auto", "inference backend; auto = by file type (.pt: torch, package: onnxruntime); cpu-gemm = fused "
+        "gather-GEMM-scatter sparse convs on CPU (a .pt, or a package exported with its weights_cpu.npz)")
     device: str = _param("cpu", "torch backend device: cpu | cuda | cuda:N")
     # OpenMP threads collapse when the cores are shared with other nodes (measured 9x slower, README)
     threads: int = _param(1, "torch / onnxruntime intra-op threads; 0 = the library default (every core)",
                           min=0, max=1024)
+    max_voxels: int = _param(0, "voxel budget of dense sensors: a scan with more voxels keeps the max_voxels "
+                             "nearest to the sensor, farther points get label 0 and score 0 (not segmented); "
+                             "0 = no budget (docs/performance.md, Scale)", min=0, max=10_000_000)
     expect_classes: list[str] = _param([], "if not empty, the model's class names must be exactly these "
                                        "(checked at start-up)")
     warmup: bool = _param(True, "one inference on a synthetic scan at start-up, so the first cloud is not slow")

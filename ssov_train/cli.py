@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resume-path", help="checkpoint to evaluate")
     ev.add_argument("--model", help="checkpoint or exported model package (ssov-export) to evaluate; its network, "
                                     "voxel grid and input come from the file, not from --cfg")
-    ev.add_argument("--backend", default="auto", help="inference backend: auto | torch | onnxruntime | tensorrt")
+    ev.add_argument("--backend", default="auto",
+                    help="inference backend: auto | torch | onnxruntime | tensorrt | cpu-gemm")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
     ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")

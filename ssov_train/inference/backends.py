@@ -10,6 +10,7 @@ name            factory                                          model file
 torch           ssov_train.inference.torch_backend:TorchBackend  ``*.pt`` ssov-checkpoint
 onnxruntime     ssov_export.onnx_backend:OnnxRuntimeBackend      exported model package (ONNX + sidecar)
 tensorrt        ssov_export.tensorrt_backend:TensorRTBackend     exported model package (engine cache)
+cpu-gemm        ssov_export.gemm_backend:GemmBackend             ``*.pt`` or package (``weights_cpu.npz``)
 ==============  ===============================================  =======================================
 
 The runtime (an exported package on onnxruntime / TensorRT) therefore needs neither torch nor the training
@@ -32,6 +33,7 @@ _FACTORIES: dict[str, str | Callable[..., "Backend"]] = {
     "torch": "ssov_train.inference.torch_backend:TorchBackend",
     "onnxruntime": "ssov_export.onnx_backend:OnnxRuntimeBackend",
     "tensorrt": "ssov_export.tensorrt_backend:TensorRTBackend",
+    "cpu-gemm": "ssov_export.gemm_backend:GemmBackend",
 }
 
 

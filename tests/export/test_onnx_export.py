@@ -88,6 +88,7 @@ def test_cli_exports_and_checks(tmp_path, small_checkpoint, capsys):
     out = capsys.readouterr().out
     assert "TensorRT readiness: ok" in out
     assert "parity of the cpu graph" in out and "parity of the portable graph" in out
+    assert "parity of the cpu-gemm graph" in out
     assert main(["onnx", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

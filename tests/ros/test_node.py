@@ -316,3 +316,22 @@ def test_exported_package_through_the_onnxruntime_backend(frame, plain, tmp_path
         assert np.mean(out.columns["label"] == plain.labels) > 0.999
     finally:
         h.close()
+
+
+def test_cpu_gemm_backend_and_voxel_budget(frame):
+    """model.backend cpu-gemm and model.max_voxels reach the core: the node's labels are the core Segmenter's with
+    the same backend and budget, and the points beyond the budget are not segmented (label 0)."""
+    budget = 5000
+    h = Harness({"model.backend": "cpu-gemm", "model.max_voxels": budget, "afi.enabled": False})
+    try:
+        assert h.node.segmenter.backend.name == "cpu-gemm" and h.node.segmenter.max_voxels == budget
+        out = read_cloud(_send(h, to_rclpy(encode("nuscenes", frame.points, frame.intensity))))
+        core = Segmenter(open_backend(DEMO_MODEL, "cpu-gemm"), max_voxels=budget).segment(frame.points,
+                                                                                            frame.intensity)
+        np.testing.assert_array_equal(out.columns["label"], core.labels)
+        unlabelled = out.columns["label"] == 0
+        assert 0 < unlabelled.mean() < 1  # the budget cut the far points, the near ones are segmented
+        dist = np.linalg.norm(frame.points[:, :2], axis=1)
+        assert dist[unlabelled].min() >= np.percentile(dist[~unlabelled], 90)  # it is a range cut
+    finally:
+        h.close()
