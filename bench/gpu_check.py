@@ -195,8 +195,9 @@ def relative_diffs(got: list[float], want: list[float]) -> list[float]:
     return [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(got, want)]
 
 
-def check_training(report: dict) -> None:
-    """Training and evaluation on CUDA vs the CPU (rows in report["training"]); see the module doc."""
+def check_training(report: dict, deadline: float) -> None:
+    """Training and evaluation on CUDA vs the CPU (rows in report["training"]); see the module doc.  Starts no
+    new part after ``deadline`` (time.perf_counter()), so that the backends keep their share of the budget."""
     import math
     import os
     import subprocess
@@ -208,7 +209,15 @@ def check_training(report: dict) -> None:
 
     world = training_world()
     out = WORK / "training"
+    def late(what: str) -> bool:
+        if time.perf_counter() > deadline:
+            report["skipped"].append(f"{what}: the training check's share of the time budget is spent")
+            return True
+        return False
+
     for stage in ("pretrain", "annotation_free"):
+        if late(f"train {stage}"):
+            return
         runs = {label: timed_training(train_config(world, stage, out / f"{stage}_{label}", device, amp))
                 for label, device, amp in (("cpu", "cpu", False), ("cuda", "cuda", False), ("cuda_amp", "cuda", True))}
         cpu_losses = runs["cpu"][0]
@@ -229,6 +238,8 @@ def check_training(report: dict) -> None:
                 f"{' '.join(f'{x:.4f}' for x in losses)}  max rel diff {max(diffs):.1e}  {'ok' if ok else 'FAILED'}")
 
     # evaluation of the CUDA-trained checkpoint on both devices (the val split, every point)
+    if late("evaluate"):
+        return
     model = out / "annotation_free_cuda" / "last.pt"
     metrics, seconds = {}, {}
     for device in ("cpu", "cuda"):
@@ -250,6 +261,8 @@ def check_training(report: dict) -> None:
             f"<= {disagree:.1e}  {'ok' if ok else 'FAILED'}")
 
     # the command line under torchrun on this machine's GPU (LOCAL_RANK 0, pinned batches from 2 workers)
+    if late("torchrun"):
+        return
     cfg = train_config(world, "annotation_free", out / "cli_torchrun", "cuda")
     cfg_path = out / "cli_torchrun.yaml"
     cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -447,7 +460,7 @@ def main() -> int:
         report["skipped"].append("training on CUDA: --no-training")
     else:
         try:
-            check_training(report)
+            check_training(report, deadline=start + args.budget_s / 2)
         except Exception as exc:  # report it and go on to the backends: one broken part must not hide the others
             import traceback
 
