@@ -101,8 +101,9 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	$(PY) bench/bench_scale.py
 
-# The GPU backends (spconv CUDA, onnxruntime CUDA EP, TensorRT where installed) for the demo model and MinkUNet34C:
-# parity + timings into docs/performance.md; under 8 minutes; skips with the reason where there is no NVIDIA GPU.
+# Training on CUDA vs the CPU (losses, evaluation, torchrun), then the GPU backends (spconv CUDA, onnxruntime CUDA
+# EP, TensorRT where installed) for the demo model and MinkUNet34C: parity + timings into docs/performance.md;
+# under 8 minutes; skips with the reason where there is no NVIDIA GPU.
 # No venv needed (GPU machines bring their own torch): the repo's .venv if present, else python3.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:

@@ -1,9 +1,18 @@
-"""`make gpu-check`: the GPU backends on an NVIDIA machine, for the demo model and the paper's MinkUNet34C at
-full width (random weights, 37.8M parameters): spconv CUDA, the onnxruntime CUDA execution provider and
-TensorRT (where each is installed), parity against spconv on CPU (max |logit diff|, labels identical) and
-timings (median of --repeats after a warm-up, CUDA synchronised) on the real nuScenes sweep and on a
-200k-point dense cloud (bench/clouds.py).  Results go to runs/gpu_check/gpu_check.json and into
-docs/performance.md, section "GPU check" (the block between its markers is replaced).
+"""`make gpu-check`: training on CUDA against the CPU, then the GPU inference backends, on an NVIDIA machine.
+
+Training (first; needs spconv's CUDA build and nuscenes-devkit): on a small synthetic world (oracle teacher), the
+paper's MinkUNet34C at full width trains a few steps of TMP pre-training and of annotation-free training from the
+same initial weights on the CPU, on CUDA and on CUDA with mixed precision (``amp``); the per-step losses of CUDA
+must match the CPU's (first step within 0.1 %, later steps 2 %), the fp16 run's first loss the fp32 one's within
+2 %; then the CUDA-trained checkpoint is evaluated on both devices (at most 0.1 % of the points predicted
+differently) and one `torchrun -m ssov_train annotation-free --device cuda` run checks the command line.
+
+Inference: for the demo model and MinkUNet34C at full width (random weights, 37.8M parameters): spconv CUDA,
+the onnxruntime CUDA execution provider and TensorRT (where each is installed), parity against spconv on CPU
+(max |logit diff|, labels identical) and timings (median of --repeats after a warm-up, CUDA synchronised) on
+the real nuScenes sweep and on a 200k-point dense cloud (bench/clouds.py).  Results go to
+runs/gpu_check/gpu_check.json and into docs/performance.md, section "GPU check" (the block between its
+markers is replaced).
 
 On a machine without an NVIDIA GPU it prints why and exits 0 (nothing to check).  Each missing piece is
 skipped with the reason and what to install; the whole run stops starting new work after --budget-s
@@ -15,8 +24,12 @@ internet), as wheels brought from a connected machine:
     pip download --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d gpu_wheels \\
         spconv-cu126==2.3.8 cumm-cu126==0.7.11 onnxruntime-gpu==1.32.0 numba==0.68.1 llvmlite==0.50.0 \\
         pccm==0.4.16 ccimport==0.4.4 lark==1.3.1 fire==0.7.1 pyyaml==6.0.4
+    # the training check reads its synthetic world with nuscenes-devkit; --no-deps: its requirements (numpy<2,
+    # pycocotools, ...) name more than the reader imports (the machine's numpy 2 is not yet tried with it)
+    pip download --no-deps --only-binary :all: -d gpu_wheels/devkit nuscenes-devkit==1.2.0 pyquaternion==0.9.9
     # then on the GPU machine (no index):
     python3 -m pip install --no-index --find-links gpu_wheels spconv-cu126 onnxruntime-gpu numba pyyaml
+    python3 -m pip install --no-index --no-deps gpu_wheels/devkit/*.whl
     # TensorRT, where NVIDIA's index or a local wheel is reachable:  pip install tensorrt-cu12
     make gpu-check        # or: python3 bench/gpu_check.py
 
@@ -91,6 +104,182 @@ def tensorrt_reason() -> str | None:
     except ImportError as exc:
         return f"TensorRT is not importable ({exc}); pip install tensorrt-cu12 where NVIDIA's index is reachable"
     return None
+
+
+def training_reason() -> str | None:
+    """None when the training check can run: spconv's CUDA build and the reader of the synthetic world."""
+    reason = spconv_reason()
+    if reason:
+        return reason
+    from ssov_train.device import Accelerators
+
+    problem = Accelerators.detect(needs_spconv=True).cuda_problem()
+    if problem:
+        return problem + " (see this script's doc)"
+    try:
+        import nuscenes.nuscenes  # noqa: F401  (reads the synthetic world)
+    except ImportError as exc:
+        return f"nuscenes-devkit is not importable ({exc}); bring its wheel and pyquaternion's (see this script's doc)"
+    return None
+
+
+# ---- training on CUDA against the CPU -----------------------------------------------------------------
+
+TRAIN_STEPS = 5  # optimiser steps per run (batch 2): the first is set-up, the median of the others is timed
+FIRST_STEP_RTOL, LATER_STEPS_RTOL, AMP_FIRST_STEP_RTOL = 1e-3, 2e-2, 2e-2
+EVAL_MAX_DISAGREE = 1e-3  # fraction of points predicted differently by the CPU and CUDA, at most
+
+
+def training_world() -> dict:
+    """A small synthetic world (3 train / 1 val scenes x 3 keyframes) with oracle teacher outputs and superpoints
+    for both splits, made once under runs/gpu_check/train_world."""
+    from ssov_train.config import from_dict
+    from ssov_train.data.synthetic import generate_world
+    from ssov_train.pipeline import Stage, SuperpointsStageConfig, run_superpoints_stage, run_teach
+
+    root = WORK / "train_world"
+    paths = {"dataroot": root / "world", "teacher": root / "teacher", "superpoints": root / "superpoints"}
+    if not (root / "done").is_file():
+        generate_world(paths["dataroot"], name="gpucheck", num_scenes=4, frames_per_scene=3, seed=0,
+                       image_width=320, image_height=180, overwrite=True)
+        for split in ("train", "val"):
+            stage = Stage.from_config(from_dict(SuperpointsStageConfig, {
+                "dataset": {"kind": "nuscenes", "root": str(paths["dataroot"]), "version": "v1.0-gpucheck",
+                            "split": split},
+                "teacher": {"format": "ssov", "root": str(paths["teacher"]), "builtin": "oracle"},
+                "output": str(paths["superpoints"])}))
+            if run_teach(stage, progress=False) or run_superpoints_stage(stage, progress=False).failed:
+                raise RuntimeError(f"training world: teacher or superpoints failed on split {split}")
+        (root / "done").write_text("ok\n")
+    return paths
+
+
+def train_config(world: dict, stage: str, out: Path, device: str, amp: bool = False):
+    from ssov_train.config import from_dict
+    from ssov_train.training.stages import TrainConfig
+
+    data = {"stage": stage, "output": str(out), "device": device, "amp": amp,
+            "dataset": {"kind": "nuscenes", "root": str(world["dataroot"]), "version": "v1.0-gpucheck",
+                        "split": "train"},
+            "model": {"arch": "MinkUNet34C", "width": 1.0},
+            "optim": {"epochs": 1, "batch_size": 2, "lr": 0.05, "num_workers": 2, "max_steps_per_epoch": TRAIN_STEPS},
+            "superpoints": str(world["superpoints"])}
+    if stage == "pretrain":
+        data["teacher"] = {"format": "ssov", "root": str(world["teacher"])}
+    return from_dict(TrainConfig, data)
+
+
+def timed_training(cfg) -> tuple[list[float], float]:
+    """(loss of every step, median ms of the steps after the first), CUDA synchronised at every step."""
+    import shutil
+
+    import torch
+
+    from ssov_train.training.engine import train
+    from ssov_train.training.stages import build_task
+
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    losses, stamps = [], []
+
+    def on_step(event):
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        losses.append(event.losses["total"])
+
+    train(build_task(cfg), progress=False, on_step=on_step)
+    return losses, statistics.median(np.diff(stamps)) * 1e3 if len(stamps) > 1 else float("nan")
+
+
+def relative_diffs(got: list[float], want: list[float]) -> list[float]:
+    return [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(got, want)]
+
+
+def check_training(report: dict, deadline: float) -> None:
+    """Training and evaluation on CUDA vs the CPU (rows in report["training"]); see the module doc.  Starts no
+    new part after ``deadline`` (time.perf_counter()), so that the backends keep their share of the budget."""
+    import math
+    import os
+    import subprocess
+
+    import yaml
+
+    from ssov_train.config import to_dict
+    from ssov_train.training.stages import run_evaluation
+
+    world = training_world()
+    out = WORK / "training"
+    def late(what: str) -> bool:
+        if time.perf_counter() > deadline:
+            report["skipped"].append(f"{what}: the training check's share of the time budget is spent")
+            return True
+        return False
+
+    for stage in ("pretrain", "annotation_free"):
+        if late(f"train {stage}"):
+            return
+        runs = {label: timed_training(train_config(world, stage, out / f"{stage}_{label}", device, amp))
+                for label, device, amp in (("cpu", "cpu", False), ("cuda", "cuda", False), ("cuda_amp", "cuda", True))}
+        cpu_losses = runs["cpu"][0]
+        for label, (losses, step_ms) in runs.items():
+            if label == "cpu":
+                diffs, ok = [0.0] * len(losses), all(map(math.isfinite, losses))
+            elif label == "cuda":
+                diffs = relative_diffs(losses, cpu_losses)
+                ok = (len(losses) == len(cpu_losses) and all(map(math.isfinite, losses)) and diffs[0] <= FIRST_STEP_RTOL
+                      and all(d <= LATER_STEPS_RTOL for d in diffs))
+            else:  # fp16: the first step (same weights, same batch) against CUDA fp32
+                diffs = relative_diffs(losses, runs["cuda"][0])
+                ok = all(map(math.isfinite, losses)) and diffs[0] <= AMP_FIRST_STEP_RTOL
+            row = {"check": f"train {stage}", "run": label.replace("_", " "), "steps": len(losses),
+                   "median_step_ms": step_ms, "losses": losses, "max_rel_diff": max(diffs), "ok": ok}
+            report["training"].append(row)
+            log(f"  train {stage:<16} {row['run']:<9} {len(losses)} steps  {step_ms:8.1f} ms/step  losses "
+                f"{' '.join(f'{x:.4f}' for x in losses)}  max rel diff {max(diffs):.1e}  {'ok' if ok else 'FAILED'}")
+
+    # evaluation of the CUDA-trained checkpoint on both devices (the val split, every point)
+    if late("evaluate"):
+        return
+    model = out / "annotation_free_cuda" / "last.pt"
+    metrics, seconds = {}, {}
+    for device in ("cpu", "cuda"):
+        cfg = train_config(world, "annotation_free", out / "annotation_free_cuda", device)
+        start = time.perf_counter()
+        metrics[device] = run_evaluation(cfg, model, out / f"eval_{device}", progress=False)
+        seconds[device] = time.perf_counter() - start
+    cm_cpu = np.array(metrics["cpu"]["confusion"]["matrix"])
+    cm_cuda = np.array(metrics["cuda"]["confusion"]["matrix"])
+    disagree = float(np.abs(cm_cuda - cm_cpu).sum() / 2 / cm_cpu.sum())  # an upper bound on differing points
+    for device in ("cpu", "cuda"):
+        ok = disagree <= EVAL_MAX_DISAGREE
+        miou = metrics[device]["miou"]
+        report["training"].append({"check": "evaluate", "run": device, "steps": metrics[device]["num_scans"],
+                                   "median_step_ms": 1e3 * seconds[device] / metrics[device]["num_scans"],
+                                   "miou": miou, "max_rel_diff": disagree, "ok": ok})
+        log(f"  evaluate {device:<5} {metrics[device]['num_scans']} scans, mIoU "
+            f"{'n/a' if miou is None else f'{100 * miou:.2f}'}, {seconds[device]:.1f} s; points differing "
+            f"<= {disagree:.1e}  {'ok' if ok else 'FAILED'}")
+
+    # the command line under torchrun on this machine's GPU (LOCAL_RANK 0, pinned batches from 2 workers)
+    if late("torchrun"):
+        return
+    cfg = train_config(world, "annotation_free", out / "cli_torchrun", "cuda")
+    cfg_path = out / "cli_torchrun.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                           "-m", "ssov_train", "annotation-free", "--cfg", str(cfg_path), "--device", "cuda"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                                                      os.environ.get("PYTHONPATH")]))))
+    device_line = next((line for line in proc.stdout.splitlines() if line.startswith("device: ")), "")
+    ok = proc.returncode == 0 and device_line.startswith("device: cuda:0") and (out / "cli_torchrun" / "last.pt").is_file()
+    report["training"].append({"check": "torchrun -m ssov_train annotation-free --device cuda",
+                               "run": device_line or f"exit {proc.returncode}", "steps": TRAIN_STEPS,
+                               "median_step_ms": float("nan"), "max_rel_diff": float("nan"), "ok": ok,
+                               "seconds": time.perf_counter() - start})
+    log(f"  torchrun --nproc_per_node 1 -m ssov_train annotation-free --device cuda: exit {proc.returncode}, "
+        f"{device_line!r}  {'ok' if ok else 'FAILED'}" + ("" if ok else "\n" + proc.stderr[-2000:]))
 
 
 def clouds():
@@ -199,6 +388,17 @@ def write_doc(report: dict) -> None:
     lines = [BEGIN, "", f"Run {report['date']} on {report['gpu']} (driver CUDA {report['cuda']}, torch "
              f"{report['torch']}); CPU reference: spconv on CPU; median of {report['repeats']} runs after a "
              "warm-up, network only (kernel maps included for package backends).", ""]
+    if report.get("training"):
+        lines += ["Training (MinkUNet34C width 1.0, batch 2, synthetic world; losses against the CPU's from the same "
+                  "weights; fp16 against CUDA fp32; evaluation: share of points predicted differently, at most):", "",
+                  "| check | run | steps / scans | ms per step / scan | max relative difference | result |",
+                  "|---|---|---:|---:|---:|---|"]
+        def figure(value: float, spec: str) -> str:
+            return "-" if value != value else format(value, spec)  # NaN: not measured
+
+        lines += [f"| {r['check']} | {r['run']} | {r['steps']} | {figure(r['median_step_ms'], '.1f')} | "
+                  f"{figure(r['max_rel_diff'], '.1e')} | {'ok' if r['ok'] else 'FAILED'} |" for r in report["training"]]
+        lines += [""]
     if report["rows"]:
         lines += ["| backend | model | cloud | voxels | median ms | min ms | max abs logit diff | labels identical "
                   "| parity |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
@@ -224,6 +424,7 @@ def main() -> int:
     ap.add_argument("--export-only", action="store_true",
                     help="(CPU machine) export the packages and CPU reference logits to carry to the GPU machine")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
+    ap.add_argument("--no-training", action="store_true", help="skip the training check (inference backends only)")
     args = ap.parse_args()
     start = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -250,8 +451,22 @@ def main() -> int:
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": torch.cuda.get_device_name(0),
               "cuda": torch.version.cuda, "torch": torch.__version__, "repeats": args.repeats, "rows": [],
-              "skipped": []}
+              "training": [], "skipped": []}
     log(f"gpu-check on {report['gpu']} (torch {torch.__version__}, CUDA {torch.version.cuda})")
+    no_training = training_reason()
+    if no_training:
+        report["skipped"].append(f"training on CUDA: {no_training}")
+    elif args.no_training:
+        report["skipped"].append("training on CUDA: --no-training")
+    else:
+        try:
+            check_training(report, deadline=start + args.budget_s / 2)
+        except Exception as exc:  # report it and go on to the backends: one broken part must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            report["training"].append({"check": "training on CUDA", "run": f"crashed: {exc!r}"[:200], "steps": 0,
+                                       "median_step_ms": float("nan"), "max_rel_diff": float("nan"), "ok": False})
     cloud_set = clouds()
     checkpoints = [DEMO]
     no_spconv = spconv_reason()
@@ -309,8 +524,8 @@ def main() -> int:
     (WORK / "gpu_check.json").write_text(json.dumps(report, indent=1))
     if not args.no_doc:
         write_doc(report)
-    ok = all(r["parity_ok"] for r in report["rows"])
-    log(f"gpu-check: {len(report['rows'])} checks, parity {'ok' if ok else 'FAILED'}, "
+    ok = all(r["parity_ok"] for r in report["rows"]) and all(r["ok"] for r in report["training"])
+    log(f"gpu-check: {len(report['rows']) + len(report['training'])} checks, parity {'ok' if ok else 'FAILED'}, "
         f"{time.perf_counter() - start:.0f} s -> {WORK / 'gpu_check.json'}"
         + ("" if args.no_doc else f", {DOC.relative_to(REPO)}"))
     return 0 if ok else 1

@@ -152,6 +152,10 @@ def _load_train_config(args, stages: tuple[str, ...]):
         overrides["output"] = args.output
     if getattr(args, "keep_checkpoints", None) is not None:
         overrides["keep_checkpoints"] = args.keep_checkpoints
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if getattr(args, "amp", False):
+        overrides["amp"] = True
     cfg = load_config(TrainConfig, args.cfg, overrides)
     if cfg.stage not in stages:
         raise ConfigError(f"{args.cfg} configures stage {cfg.stage}; `ssov-train {args.command}` runs "
@@ -163,8 +167,11 @@ def cmd_train(args) -> int:
     from .training.engine import train
     from .training.stages import build_task
 
+    from .device import resolve_device
+
     stage = args.command.replace("-", "_")
     cfg = _load_train_config(args, (stage,))
+    resolve_device(cfg.device)  # a device that cannot work is one error before the data is opened
     task = build_task(cfg, getattr(args, "pretraining_path", None))
     if task.init_report:
         print(task.init_report)
@@ -226,6 +233,10 @@ def _threads(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"--threads must be a whole number >= 1, got {text!r}")
     return n
+
+
+DEVICE_HELP = ("auto | cpu | cuda | cuda:N (config `device`; auto: CUDA when torch sees a GPU and spconv is a CUDA "
+               "build, else the CPU, saying why; under torchrun each process takes cuda:<LOCAL_RANK>)")
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -303,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--keep-checkpoints", type=int, metavar="N",
                         help="keep only the newest N epoch_NNN.pt files (config keep_checkpoints; last.pt and "
                              "best.pt are always kept)")
+        sp.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+        sp.add_argument("--amp", action="store_true",
+                        help="mixed precision on CUDA: fp16 autocast + gradient scaling (config `amp`; off by default)")
         if pretraining:
             sp.add_argument("--pretraining-path", type=Path,
                             help="checkpoint to initialise from (all shape-matching weights; a TMP head is skipped)")
@@ -320,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", default="auto",
                     help="inference backend: auto | torch | onnxruntime | tensorrt | cpu-gemm")
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
+    ev.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP + "; for a checkpoint (spconv), a package runs "
+                                                       "where its --backend runs")
     ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)

@@ -110,8 +110,11 @@ class TMPBatch:
     def num_superpoints(self) -> int:
         return int(self.superpoint_prompt.shape[0])
 
-    def to(self, device: Union[str, torch.device]) -> "TMPBatch":
-        return TMPBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "TMPBatch":
+        return TMPBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> "TMPBatch":
+        return TMPBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
 
 def batch_superpoints(samples: Sequence[SuperpointSample],

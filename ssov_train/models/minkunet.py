@@ -159,7 +159,8 @@ class MinkUNet(nn.Module):
             raise ValueError(f"coords must be (V, 3) and batch (V,) with V={features.shape[0]}, "
                              f"got {tuple(coords.shape)} and {tuple(batch.shape)}")
         shape = [-(-int(s) // GRID_ALIGN) * GRID_ALIGN for s in spatial_shape]
-        if coords.numel() and (coords.min() < 0 or (coords.max(0).values >= torch.tensor(shape)).any()):
+        upper = torch.tensor(shape, device=coords.device)
+        if coords.numel() and (coords.min() < 0 or (coords.max(0).values >= upper).any()):
             raise ValueError(f"coords must lie in [0, spatial_shape={list(spatial_shape)}); shift them first")
         indices = torch.cat([batch.reshape(-1, 1), coords], 1).to(torch.int32)
         x = SparseConvTensor(features, indices, shape, batch_size)

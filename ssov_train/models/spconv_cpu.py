@@ -1,4 +1,4 @@
-"""Fixes for spconv 2.x's CPU-only build, applied once, idempotently, when ``ssov_train.models`` is imported.
+"""Fixes for spconv 2.x on the CPU, applied once, idempotently, when ``ssov_train.models`` is imported.
 
 spconv 2.3.8's CPU wheel runs forward, but (see /work/shared/docs/deps.md §1):
 
@@ -19,8 +19,10 @@ spconv 2.3.8's CPU wheel runs forward, but (see /work/shared/docs/deps.md §1):
     after the unbiased conv, exactly like training mode does.  A fused activation (``act_type``, an
     inference-only feature ssov never uses) raises a ``NotImplementedError`` that says what to do.
 
-CUDA builds of spconv are left untouched (``CPU_FIXES_ACTIVE`` is False there): GPU tensors never take these
-paths.  CPU tensors pushed through a CUDA build would still meet (b) and (c).
+(b) and (c) are installed in every build: a CUDA build runs CPU tensors through the same CPU branches (a CPU
+run, or the CPU reference of a parity check, on a GPU machine), and both fixes leave CUDA tensors to spconv's own
+kernels (the scatter is only called from CPU branches; the bias wrapper hands CUDA tensors' biases through).
+(a) is installed in the CPU-only build alone (a CUDA build has a stream when it runs).
 """
 
 from __future__ import annotations
@@ -97,10 +99,9 @@ def _with_cpu_bias(indice_conv: Callable[..., torch.Tensor]) -> Callable[..., to
 
 
 def apply_cpu_fixes() -> bool:
-    """Install fixes (a)-(c) if spconv is a CPU-only build; safe to call repeatedly.  Returns whether active."""
-    if not CPU_ONLY_BUILD:
-        return False
-    if cppcore.get_current_stream is not _stream_or_zero:
+    """Install fixes (b) and (c), and (a) in spconv's CPU-only build; safe to call repeatedly.  Returns True (the
+    CPU path is fixed)."""
+    if CPU_ONLY_BUILD and cppcore.get_current_stream is not _stream_or_zero:
         original = cppcore.get_current_stream
         # Modules that did ``from spconv.pytorch.cppcore import get_current_stream`` hold their own binding.
         for name, module in list(sys.modules.items()):

@@ -24,7 +24,6 @@ code path and format but segment nothing meaningful: for tests and pipeline chec
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -77,14 +76,11 @@ class OpenClipConfig:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> this process's GPU (``cuda:<LOCAL_RANK>``, set by torchrun) when CUDA is available, else cpu."""
-    import torch
+    """``auto`` -> this process's GPU (``cuda:<LOCAL_RANK>``, set by torchrun) when CUDA is available, else cpu
+    (:func:`ssov_train.device.resolve_device`; a teacher needs torch's CUDA, not spconv's)."""
+    from ..device import resolve_device as resolve
 
-    if device == "auto":
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return device
+    return resolve(device, needs_spconv=False, one_gpu_per_process=False).device
 
 
 class OpenClipModel:

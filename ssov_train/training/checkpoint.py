@@ -1,7 +1,9 @@
 """The one checkpoint format read by training (init / resume), evaluation, export and the ROS node.
 
 A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)``: tensors, numbers, strings,
-lists and dicts only, so loading never runs pickled code.  Besides the weights it carries everything a
+lists and dicts only, so loading never runs pickled code.  Its tensors are CPU tensors whatever device trained
+the model, and it is read onto the CPU, so a checkpoint written on a GPU machine loads on a CPU-only one and
+vice versa.  Besides the weights it carries everything a
 consumer needs to rebuild the model and its input exactly (model / voxel config, input fields, classes,
 palette), the full training config, and the state a resumed run needs (optimiser, scheduler, epoch, step,
 torch RNG).  :func:`load_checkpoint` checks that the model-bound parts match what the caller is about to
@@ -30,11 +32,25 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     """Write atomically: a job killed mid-write leaves the previous file intact, never a truncated one."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT_NAME, "version": FORMAT_VERSION, **checkpoint}, tmp)
+        torch.save({"format": FORMAT_NAME, "version": FORMAT_VERSION, **on_cpu(checkpoint)}, tmp)
     return path
 
 
-TRAINING_STATE = ("optimizer", "scheduler", "rng", "global_step")
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in its dicts / lists / tuples on the CPU (no copy for those already there), so
+    a file never names the GPU that wrote it."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [on_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(on_cpu(v) for v in value)
+    return value
+
+
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "global_step", "scaler")
 
 
 def without_training_state(checkpoint: dict) -> dict:

@@ -14,6 +14,7 @@ uninterrupted one without storing any data-RNG state.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -259,6 +260,25 @@ class VoxelBatch:
 
     def scan_rows(self, i: int) -> slice:
         return slice(self.voxel_offsets[i], self.voxel_offsets[i] + len(self.scans[i].coords))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "VoxelBatch":
+        """This batch with the network's and the losses' tensors on ``device`` (features, indices, labels, TMP
+        pairings); ``scans`` stay on the host, where evaluation maps voxel predictions back to points."""
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return dataclasses.replace(self, features=move(self.features), coords=move(self.coords),
+                                   batch=move(self.batch), labels=move(self.labels),
+                                   tmp=None if self.tmp is None else self.tmp.to(device, non_blocking))
+
+    def pin_memory(self) -> "VoxelBatch":
+        """Page-locked copies, so :meth:`to` a GPU can run asynchronously (``DataLoader(pin_memory=True)`` calls
+        this in its pinning thread)."""
+        def pin(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.pin_memory()
+
+        return dataclasses.replace(self, features=pin(self.features), coords=pin(self.coords), batch=pin(self.batch),
+                                   labels=pin(self.labels), tmp=None if self.tmp is None else self.tmp.pin_memory())
 
 
 def collate_scans(scans: list[VoxelScan]) -> VoxelBatch:

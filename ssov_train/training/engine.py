@@ -11,10 +11,16 @@ Users (and tests) follow the loop through ``on_step``, called after every optimi
 ``last.pt`` exists to resume from).  ``keep_checkpoints: N`` keeps only the newest N ``epoch_NNN.pt`` files;
 ``last.pt`` and ``best.pt`` are separate files and always kept.
 
-Multi-process runs start through ``torchrun``: with ``WORLD_SIZE > 1`` the loop joins a gloo process group,
-shards every epoch with a :class:`DistributedSampler`, averages gradients with DDP and makes rank 0's
-BatchNorm statistics everyone's after each epoch, so every rank ends with identical weights; only rank 0
-writes checkpoints and logs.
+Devices (``cfg.device``, :mod:`ssov_train.device`): the model, the loss's buffers and every batch (features,
+indices, labels, TMP pairings; the loader pins them) move to the chosen device; ``cfg.amp`` adds fp16 autocast
+and gradient scaling on CUDA (the losses are computed in fp32).  Checkpoints hold CPU tensors whatever the
+device, and are read onto the CPU first, so a run may resume on another device; the bit-identical resume above
+is a property of the CPU (spconv's CUDA kernels may sum in a different order: runs agree to float tolerance).
+
+Multi-process runs start through ``torchrun``: with ``WORLD_SIZE > 1`` the loop joins a process group (NCCL,
+each process on the GPU of its ``LOCAL_RANK``; gloo on the CPU), shards every epoch with a
+:class:`DistributedSampler`, averages gradients with DDP and makes rank 0's BatchNorm statistics everyone's
+after each epoch, so every rank ends with identical weights; only rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -34,6 +41,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from ..config import to_dict
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation.metrics import confusion_matrix, mean_iou
 from ..io import atomic_path, write_text_atomic
@@ -44,7 +52,7 @@ from .stages import Task, checkpoint_expectations, eval_loader, predict
 
 LAST = "last.pt"
 # Config keys a resumed run may change: they do not affect the weights.
-RESUME_MAY_CHANGE = ("optim.num_workers", "keep_checkpoints")
+RESUME_MAY_CHANGE = ("optim.num_workers", "keep_checkpoints", "device")
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 
 
@@ -73,14 +81,20 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistContext:
-    """Join the torchrun process group (gloo: CPU) when ``WORLD_SIZE > 1``; a single process otherwise."""
+# How long ranks wait for each other: the others wait at a barrier while rank 0 validates and writes checkpoints,
+# which on a full validation split takes longer than NCCL's default of 10 minutes.
+DIST_TIMEOUT = timedelta(hours=2)
+
+
+def init_distributed(backend: str = "gloo") -> DistContext:
+    """Join the torchrun process group (``nccl`` on GPUs, ``gloo`` on the CPU) when ``WORLD_SIZE > 1``; a single
+    process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend, timeout=DIST_TIMEOUT)
     return DistContext(dist.get_rank(), dist.get_world_size(), owns)
 
 
@@ -185,9 +199,11 @@ def _validate_tmp(task: Task, model: torch.nn.Module) -> dict[str, float]:
     model.eval()
     sums: dict[str, float] = {}
     count = 0
+    device = next(model.parameters()).device
     try:
-        for batch in eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers):
-            for name, value in task.losses(model, batch).items():
+        for batch in eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers,
+                                 pin_memory=device.type == "cuda"):
+            for name, value in task.losses(model, batch.to(device, non_blocking=True)).items():
                 sums[name] = sums.get(name, 0.0) + value.item() * batch.batch_size
             count += batch.batch_size
     finally:
@@ -208,7 +224,9 @@ def _validate(task: Task, model: torch.nn.Module) -> dict[str, float]:
 def _validate_miou(task: Task, model: torch.nn.Module) -> dict[str, float]:
     c = task.dictionary.num_classes
     cm = np.zeros((c, c), np.int64)
-    loader = eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers)
+    device = next(model.parameters()).device
+    loader = eval_loader(task.val_set, task.cfg.optim.batch_size, task.cfg.optim.num_workers,
+                         pin_memory=device.type == "cuda")
     for scan, pred, _ in predict(model, loader):
         cm += confusion_matrix(scan.point_labels, pred, c)
     return {"val/miou": mean_iou(cm)}
@@ -222,7 +240,14 @@ def train(task: Task, resume: bool = False, progress: bool = True,
     and every other rank) after each optimiser step, before the next batch is drawn.  Ctrl-C raises
     :class:`~ssov_train.jobs.Interrupted` naming the epoch and step, and whether ``last.pt`` can resume."""
     cfg, o = task.cfg, task.cfg.optim
-    ctx = init_distributed()
+    device = resolve_device(cfg.device)
+    if device.is_cuda:
+        torch.cuda.set_device(device.index)  # before NCCL starts: this process's GPU
+    ctx = init_distributed("nccl" if device.is_cuda else "gloo")
+    amp = cfg.amp and device.is_cuda
+    if progress and ctx.is_main:
+        print(device.note + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
+              + (", mixed precision" if amp else ", amp off (CUDA only)" if cfg.amp else ""), flush=True)
     run_dir = Path(cfg.output)
     epoch, step, saved_epoch = 0, 0, None
     running = 1  # the epoch in progress (training, validating or saving), for the Ctrl-C message
@@ -235,23 +260,30 @@ def train(task: Task, resume: bool = False, progress: bool = True,
         model = task.model
         if state is not None:
             model.load_state_dict(state["state_dict"])
+        model.to(device.device)  # before the optimiser: its state follows the parameters' device
+        task.criterion.to(device.device)  # TMP's text embeddings and targets
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
         optimizer = torch.optim.SGD(task.param_groups(), lr=o.lr, momentum=o.momentum, dampening=o.dampening,
                                     weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if amp and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             epoch, step = int(state["epoch"]), int(state["global_step"])
             restore_rng_state(state["rng"])
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         logger = RunLogger(run_dir, step if state is not None else None, ctx.is_main)
-        net = DistributedDataParallel(model) if ctx.world_size > 1 else model
+        net = model
+        if ctx.world_size > 1:
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.is_cuda else None)
         sampler = DistributedSampler(task.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(task.train_set, batch_size=o.batch_size, sampler=sampler, num_workers=o.num_workers,
-                            collate_fn=collate_scans)
+                            collate_fn=collate_scans, pin_memory=device.is_cuda)
         metrics: dict[str, float] = {}
         best_metric, higher_is_better = BEST_METRIC[cfg.stage]
         best: Optional[dict] = None if state is None else state.get("best")  # {"epoch", "metric", "value"}
@@ -267,10 +299,13 @@ def train(task: Task, resume: bool = False, progress: bool = True,
             for i, batch in enumerate(bar):
                 if i >= total:
                     break
-                losses = task.losses(net, batch)
+                batch = batch.to(device.device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    losses = task.losses(net, batch)
                 optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                optimizer.step()
+                scaler.scale(losses["total"]).backward()  # without amp: the plain backward and step
+                scaler.step(optimizer)
+                scaler.update()
                 step += 1
                 values = {f"train/{k}": v.item() for k, v in losses.items()}
                 loss_sum, loss_count = loss_sum + values["train/total"], loss_count + 1
@@ -296,7 +331,8 @@ def train(task: Task, resume: bool = False, progress: bool = True,
                     logger.scalars({**metrics, "val/best_epoch": best["epoch"]}, step, epoch)
                 ckpt = {**task.meta, "config": to_dict(cfg), "state_dict": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "global_step": step, "rng": rng_state(), "metrics": metrics, "best": best}
+                        "global_step": step, "rng": rng_state(), "metrics": metrics, "best": best,
+                        "scaler": scaler.state_dict()}
                 # best.pt and epoch_NNN.pt before last.pt: a kill in between redoes this epoch and rewrites
                 # them identically; a kill before last.pt still leaves the run resumable
                 if improved:
@@ -311,7 +347,7 @@ def train(task: Task, resume: bool = False, progress: bool = True,
                     print(_epoch_summary(cfg.stage, epoch, o.epochs, loss_sum / max(loss_count, 1), metrics, best),
                           flush=True)
             if ctx.world_size > 1:
-                dist.barrier()
+                dist.barrier(device_ids=[device.index] if device.is_cuda else None)
         logger.close()
         return {"run_dir": str(run_dir), "last": str(run_dir / LAST), "epoch": epoch, "global_step": step,
                 "metrics": metrics, "best": best}

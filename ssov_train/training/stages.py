@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..config import to_dict
 from ..data import DatasetConfig, open_dataset
+from ..device import check_device_name, resolve_device
 from ..errors import ConfigError, DataError
 from ..features import InputFeature
 from ..geometry.voxelize import VoxelConfig
@@ -100,8 +101,13 @@ class TrainConfig:
     # epoch_NNN.pt files kept in the run directory: the newest N (0: none), null = every epoch's.
     # last.pt (resume) and best.pt (best validation epoch) are always kept.
     keep_checkpoints: Optional[int] = None
+    # Where the network trains and evaluates: auto (CUDA when torch sees a GPU and spconv is a CUDA build, else
+    # the CPU, saying why), cpu, cuda (under torchrun: cuda:<LOCAL_RANK>) or cuda:N. A resumed run may change it.
+    device: str = "auto"
+    amp: bool = False  # mixed precision on CUDA (fp16 autocast, scaled gradients); the CPU always runs fp32
 
     def check(self) -> None:
+        check_device_name(self.device)
         if self.stage in ("pretrain", "annotation_free") and self.superpoints is None:
             raise ValueError(f"stage {self.stage} needs `superpoints:` (the `ssov-train superpoints` output)")
         if self.stage == "pretrain" and self.teacher is None:
@@ -161,7 +167,7 @@ class Task:
     init_report: str = ""
 
     def losses(self, model: nn.Module, batch: VoxelBatch) -> dict[str, Tensor]:
-        out = model(*batch.net_inputs())
+        out = model(*batch.net_inputs()).float()  # the losses in fp32, also under mixed precision (a no-op else)
         if self.cfg.stage == "pretrain":
             return self.criterion(out, batch.tmp)
         return self.criterion(out, batch.labels)
@@ -256,15 +262,17 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, with_probs: bool = False):
     """Yield ``(scan, point_predictions, point_probs or None)`` per scan: class-0 logit set to -1e6, argmax per
-    voxel, broadcast to every point of the scan through ``point_to_voxel``."""
+    voxel, broadcast to every point of the scan through ``point_to_voxel``.  The network runs on the device of
+    its weights; predictions come back to the host."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         for batch in loader:
-            logits = model(*batch.net_inputs())
+            logits = model(*batch.to(device, non_blocking=True).net_inputs()).float()
             logits[:, 0] = IGNORE_LOGIT
-            voxel_pred = logits.argmax(1).numpy()
-            voxel_probs = torch.softmax(logits, 1).numpy() if with_probs else None
+            voxel_pred = logits.argmax(1).cpu().numpy()
+            voxel_probs = torch.softmax(logits, 1).cpu().numpy() if with_probs else None
             for i, scan in enumerate(batch.scans):
                 rows = batch.scan_rows(i)
                 probs = None if voxel_probs is None else voxel_probs[rows][scan.point_to_voxel]
@@ -273,9 +281,9 @@ def predict(model: nn.Module, loader: DataLoader, with_probs: bool = False):
         model.train(was_training)
 
 
-def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int) -> DataLoader:
+def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_scans)
+                      collate_fn=collate_scans, pin_memory=pin_memory)
 
 
 def default_evaluation_dir(cfg: TrainConfig, model_path: Path, afi: bool = False) -> Path:
@@ -297,8 +305,9 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     ``ssov_train.inference`` backend (``auto``: batched spconv for a checkpoint, onnxruntime for a package).
     The model file describes itself: its network, voxel grid and input field come from the file (the
     checkpoint's fields or the package's sidecar), never from ``cfg.model`` / ``cfg.voxel`` / ``cfg.feature``;
-    ``cfg`` gives the dataset, the vocabulary (the model's classes must be its classes), the split and the
-    batch size."""
+    ``cfg`` gives the dataset, the vocabulary (the model's classes must be its classes), the split, the
+    batch size and ``cfg.device``, where spconv runs a checkpoint (``auto``/``torch`` backends; a package runs
+    where its backend runs)."""
     from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
     from ..inference import ModelSpec, open_backend
     from ..inference.backends import default_backend
@@ -308,11 +317,16 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     dictionary = load_dictionary(cfg.vocabulary)
     expect = {"class_names": dictionary.class_names}
     batched = backend == "auto" and default_backend(checkpoint_path) == "torch"
+    spconv_model = batched or backend == "torch"
+    device = resolve_device(cfg.device) if spconv_model else None  # a package runs where its backend runs
+    if device is not None and progress:
+        print(device.note, flush=True)
     if batched:
-        model, ckpt = load_model(checkpoint_path, expect)
+        model, ckpt = load_model(checkpoint_path, expect)  # weights read onto the CPU, whatever wrote them
+        model.to(device.device)
         spec = ModelSpec.from_checkpoint(ckpt, str(checkpoint_path))
     else:  # one scan at a time through a named backend (the node's path)
-        engine = open_backend(checkpoint_path, backend)
+        engine = open_backend(checkpoint_path, backend, **({"device": device.device} if device else {}))
         spec = engine.spec
         check_expected(spec.to_dict(), expect, str(checkpoint_path))
 
@@ -332,7 +346,8 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
                           label_source="gt", keep_points=True)
     out_dir = Path(out_dir) if out_dir is not None else default_evaluation_dir(cfg, checkpoint_path, afi)
     acc = EvaluationAccumulator(dictionary, out_dir)
-    predictions = (predict(model, eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers), with_probs=True)
+    predictions = (predict(model, eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers,
+                                              pin_memory=device.is_cuda), with_probs=True)
                    if batched else predict_scans(dataset))
     for scan, pred, probs in progress_bar(predictions, enabled=progress, total=len(dataset), desc="evaluate",
                                           unit="scan"):

@@ -1,5 +1,6 @@
-"""spconv's CPU build with ssov's fixes against dense torch references, at 2 threads where the scatter-add race
-showed (without the fix every trial here gives wrong outputs and gradients)."""
+"""spconv on the CPU with ssov's fixes against dense torch references, at 2 threads where the scatter-add race
+showed (without the fix every trial here gives wrong outputs and gradients); the same CPU branches run in a CUDA
+build of spconv, so these tests hold there too."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from cumm import tensorview as tv
 
 import ssov_train.models  # noqa: F401  (installs the fixes)
 import spconv.pytorch as spconv
+from spconv.cppconstants import CPU_ONLY_BUILD
 from spconv.pytorch import cppcore, ops
 from spconv.pytorch.conv import SparseConvolution
 from ssov_train.models import MinkUNet, MinkUNetConfig
 from ssov_train.models.spconv_cpu import CPU_FIXES_ACTIVE, apply_cpu_fixes
 
-pytestmark = pytest.mark.skipif(not CPU_FIXES_ACTIVE, reason="fixes apply to spconv's CPU-only build")
+pytestmark = pytest.mark.skipif(not CPU_FIXES_ACTIVE, reason="the CPU fixes are not installed")
 
 SHAPE = (8, 8, 8)
 BATCH = 2
@@ -93,6 +95,7 @@ def test_convs_and_gradients_match_dense_reference(two_threads):
     assert wrong == dict.fromkeys(wrong, 0), f"wrong results in {trials} trials at 2 threads: {wrong}"
 
 
+@pytest.mark.skipif(not CPU_ONLY_BUILD, reason="a CUDA build of spconv has a CUDA stream (fix (a) is for the CPU build)")
 def test_backward_runs_without_cuda():
     assert cppcore.get_current_stream() == 0 and ops.get_current_stream() == 0
     g = torch.Generator().manual_seed(0)

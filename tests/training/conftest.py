@@ -35,13 +35,14 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_config(world: dict[str, Path], stage: str, output: Path, **overrides) -> TrainConfig:
-    """A CPU-sized config of ``stage`` on the tiny world; ``overrides`` replace top-level sections."""
+    """A CPU-sized config of ``stage`` on the tiny world, on the CPU; ``overrides`` replace top-level sections."""
     data = {
         "stage": stage,
         "dataset": {"kind": "nuscenes", "root": str(world["dataroot"]), "version": VERSION, "split": "train"},
         "output": str(output),
         "model": {"arch": "MinkUNet18", "width": 0.25},
         "optim": {"epochs": 1, "batch_size": 2, "lr": 0.05, "num_workers": 0},
+        "device": "cpu",  # the CPU's behaviour (bit-identical resume, ...) also on a GPU machine; test_cuda.py: GPU
     }
     if stage in ("pretrain", "annotation_free"):
         data["superpoints"] = str(world["superpoints"])

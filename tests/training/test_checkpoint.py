@@ -178,3 +178,42 @@ def test_pickled_objects_are_refused_and_mixed_keys_compare(tmp_path):
     # config trees may mix int and str keys (class ids next to names): compared in str order
     assert first_mismatch({1: "a", "b": 2}, {1: "a", "b": 3}) == "b"
     assert first_mismatch({2: "a", "10": 1}, {2: "b", "10": 2}) == "10"  # "10" < "2" as strings
+
+
+def _save_as_if_on_gpu(obj: dict, path) -> None:
+    """torch.save, with every tensor's storage recorded as on 'cuda:0' (what torch writes for a GPU tensor), so a
+    GPU-written file can be made on a machine without one; torch's serialization registry decides that tag."""
+    tagging = [True]
+    torch.serialization.register_package(0, lambda storage: "cuda:0" if tagging[0] else None,
+                                         lambda storage, location: None)
+    try:
+        torch.save(obj, path)
+    finally:
+        tagging[0] = False
+
+
+def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu(tmp_path):
+    saved = _checkpoint()
+    path = tmp_path / "gpu.pt"
+    _save_as_if_on_gpu({"format": ck.FORMAT_NAME, "version": ck.FORMAT_VERSION, **saved}, path)
+    if not torch.cuda.is_available():  # the file really names a GPU: without map_location this machine cannot read it
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = load_checkpoint(path)
+    for k, v in saved["state_dict"].items():
+        assert loaded["state_dict"][k].device.type == "cpu" and torch.equal(loaded["state_dict"][k], v)
+    assert loaded["optimizer"]["state"][0]["momentum_buffer"].device.type == "cpu"
+
+
+def test_tensors_anywhere_in_a_checkpoint_are_moved_to_the_cpu():
+    """on_cpu (what save_checkpoint writes) reaches a tensor wherever a GPU run's checkpoint holds one: shown with
+    tensors of the shape-only 'meta' device, which any machine has and which refuse to be copied to the CPU."""
+    meta = torch.empty(2, device="meta")
+    for tree in ({"a": meta}, {"a": [1, meta]}, {"a": {"b": (1, meta)}}, {"optimizer": {"state": {0: {"m": meta}}}}):
+        with pytest.raises(NotImplementedError, match="meta"):
+            ck.on_cpu(tree)
+    cpu = torch.ones(2)
+    out = ck.on_cpu({"a": [cpu, (cpu, 1)], "b": {"c": "text", "d": None}, "e": 3})
+    assert out["a"][0] is cpu and out["a"][1][0] is cpu  # CPU tensors are not copied
+    assert out == {"a": [cpu, (cpu, 1)], "b": {"c": "text", "d": None}, "e": 3}
+    assert isinstance(out["a"][1], tuple)

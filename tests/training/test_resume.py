@@ -121,6 +121,7 @@ def test_ctrl_c_ends_with_one_line_and_the_command_that_resumes(config_factory, 
                             env={**one_thread, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline() == "device: cpu\n"  # the run's first line: its device
         first = proc.stdout.readline()  # the first epoch's summary: printed once epoch 1 is saved
         assert first.startswith(f"annotation_free epoch 1/{EPOCHS}: train/total "), first
         proc.send_signal(signal.SIGINT)  # early in the run: 3 steps per epoch, EPOCHS epochs, far from the end
