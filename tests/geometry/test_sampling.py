@@ -1,5 +1,6 @@
-"""Voxel grouping and the centre samplers: grouping equals a floor-and-unique reference, grid sampling is
-deterministic and spreads its centres, FPS is exact."""
+"""Voxel grouping and the centre samplers: grouping equals a floor-and-unique reference on the lattice of the
+points' frame, grid sampling is deterministic, spreads its centres and is stable when a few points are dropped,
+FPS is exact."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,14 @@ from ssov_train.geometry.sampling import farthest_point_sample, grid_sample, gro
 
 
 def reference_voxels(points, size):
-    keys = np.floor((points.astype(np.float64) - points.astype(np.float64).min(0)) / size).astype(np.int64)
+    """Voxel ids of the cells k * size .. (k + 1) * size of the points' own frame (not of their bounding box)."""
+    keys = np.floor(points.astype(np.float64) / size).astype(np.int64)
     _, inverse = np.unique(keys, axis=0, return_inverse=True)
     return inverse.ravel()
+
+
+def same_partition(a, b):
+    return len(np.unique(a)) == len(np.unique(b)) == len(np.unique(np.c_[a, b], axis=0))
 
 
 @pytest.mark.parametrize("expected", [None, 1, 100_000])  # a tiny hint makes the hash table grow and restart
@@ -43,7 +49,7 @@ def test_grid_sample_count_determinism_and_spread():
     rng = np.random.default_rng(10)
     pts = np.concatenate([rng.normal(0, 1, (8000, 3)), rng.uniform(-40, 40, (2000, 3))]).astype(np.float32)
     idx, voxels = grid_sample(pts, 400)
-    assert len(np.unique(idx)) == len(idx) and abs(len(idx) - 400) <= 12
+    assert len(np.unique(idx)) == len(idx) and abs(len(idx) - 400) <= 20  # the size is a rung of 2.2% steps
     assert np.array_equal(idx, grid_sample(pts.copy(), 400)[0])
     assert np.array_equal(voxels.voxel_of[idx], np.arange(len(idx)))  # each centre lies in its own voxel
     means = voxels.means()
@@ -79,3 +85,33 @@ def test_empty_and_invalid_requests():
         farthest_point_sample(pts, 5, start=100)
     with pytest.raises(ValueError, match="start"):
         farthest_point_sample(pts, 5, start=-1)
+
+
+def test_voxels_are_cells_of_the_frame_lattice_whatever_the_extreme_points():
+    """Two points 0.1 m apart straddle the boundary x = 1.0 of the 0.5 m lattice: different voxels, even when the
+    cloud's minimum (0.93, whose bounding-box grid would put both in one cell 0.93 .. 1.43) moves."""
+    pts = np.array([[0.95, 0.2, 0.2], [1.05, 0.2, 0.2], [3.3, 2.0, 1.0]])
+    for low in (0.93, 0.4, -7.77):
+        cloud = np.concatenate([pts, [[low, 0.2, 0.2]]])
+        groups = group_by_voxel(cloud, 0.5)
+        assert groups.voxel_of[0] != groups.voxel_of[1]
+        assert same_partition(groups.voxel_of, reference_voxels(cloud, 0.5))
+
+
+def test_grid_sample_is_stable_when_a_few_points_are_dropped():
+    """Dropping 20 of 10,000 points (the lowest-x one among them) keeps the searched voxel size, and every voxel
+    that held no dropped point keeps its centre. A size searched to the last digit, or a grid anchored at the
+    cloud's minimum, moved every voxel boundary and changed nearly every centre (and AFI's labels with them)."""
+    rng = np.random.default_rng(21)
+    pts = np.concatenate([rng.normal(0, 4, (7000, 3)), rng.uniform(-40, 40, (3000, 3))]).astype(np.float32)
+    drop = np.r_[np.argmin(pts[:, 0]), rng.choice(len(pts), 19, replace=False)]
+    keep = np.setdiff1d(np.arange(len(pts)), drop)
+    for m in (1365, 455, 151):
+        idx, groups = grid_sample(pts, m)
+        idx2, groups2 = grid_sample(pts[keep], m)
+        assert groups.size == groups2.size
+        touched = set(groups.voxel_of[drop].tolist())
+        before = {tuple(pts[i]) for v, i in enumerate(idx) if v not in touched}
+        after = {tuple(p) for p in pts[keep][idx2]}
+        assert before <= after
+        assert abs(len(idx) - m) <= 0.1 * m  # about m: small counts move in bigger steps between rungs
