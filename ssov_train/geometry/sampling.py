@@ -253,7 +253,8 @@ def _nearest_to_mean(x, y, z, order, starts, means):
     return out
 
 
-def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np.ndarray, Optional[VoxelGroups]]:
+def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03,
+                size_points: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[VoxelGroups]]:
     """About ``m`` well-spread centres (indices into ``points``) and the voxels they were drawn from.
 
     FPS is used by the reference only to spread centres evenly over the occupied space. A voxel grid does the
@@ -262,6 +263,12 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
     (:func:`search_voxel_size`); each voxel's centre is its point nearest to the voxel's mean. Deterministic.
     Centre i is the centre of voxel i, so ``groups.voxel_of`` gives every point a nearby centre (AFI's decoder
     seeds its k-NN search with it). The groups are None when ``m`` >= N (every point is a centre).
+
+    ``size_points``: the cloud whose occupied voxels are counted to find the size (default ``points``). AFI's
+    deeper levels sample the previous level's centres, a subset of the scan, but count on the whole scan: a
+    scan's voxel counts barely move when a few of its points are dropped, while the centres' counts move by a few
+    voxels per moved centre, which sometimes tipped the size to the next rung (a new grid, and about 20% of AFI's
+    labels changed on the real sweep).
     """
     n = len(points)
     if m < 1:
@@ -269,7 +276,8 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
     if m >= n:
         return np.arange(n), None
     cloud = _coordinates(points)  # converted and checked once, for the size search and the grouping
-    groups = _group(*cloud, _search_size(*cloud, m, tolerance), m)
+    sizing = cloud if size_points is None else _coordinates(size_points)
+    groups = _group(*cloud, _search_size(*sizing, m, tolerance), m)
     return _nearest_to_mean(*groups.xyz, groups.order, groups.starts, groups.means()), groups
 
 
