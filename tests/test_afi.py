@@ -551,3 +551,62 @@ def test_dropping_a_few_points_changes_few_labels():
         out, _ = afi_refine(pts[keep], labels[keep], AFIConfig(), C)
         changed.append(np.mean(out != full[keep]))
     assert max(changed) < 0.04, changed
+
+
+def test_kitti_preset_ring_follows_the_hdl64_geometry():
+    """HDL-64E 1.73 m above the road, lowest beam 24.9 deg down: the ground is first hit at 1.73 / tan(24.9 deg)
+    = 3.7 m, so the ring is 4 .. 8 m, and ground points lie at z = -1.73 (below the -1.3 m cut; a curb at -1.0 m
+    is not ring ground). KITTI sweeps hold no ego-body returns: no input is dropped near the sensor."""
+    kitti = AFIConfig.kitti()
+    first_hit = 1.73 / np.tan(np.radians(24.9))
+    assert first_hit <= kitti.ground_ring_min < first_hit + 0.5 and kitti.ground_ring_max == 2 * kitti.ground_ring_min
+    assert -1.73 < kitti.ground_z_max < -1.0 and kitti.input_min_range == 0.0
+    road = ground_plane(-10, 10, -10, 10, 0.25, z=-1.73)
+    curb = np.c_[np.linspace(-6, 6, 60), np.full(60, 5.0), np.full(60, -1.0)]
+    pts = np.concatenate([road, curb])
+    r = np.hypot(pts[:, 0], pts[:, 1])
+    ring = ground_inliers(pts, kitti)
+    assert np.array_equal(ring, (r > 4) & (r < 8) & (pts[:, 2] < -1.3))
+    ids = resolve_classes(AFIConfig.kitti(merge_pseudo=True).pseudo_classes, "semantickitti",
+                          load_dictionary("semantickitti").num_classes)
+    assert len(ids) == 8  # car, bicycle, motorcycle, truck, other-vehicle, person, bicyclist, motorcyclist
+
+
+@pytest.mark.parametrize("bad", [dict(history=-1), dict(match_k=0), dict(match_radius=0.0), dict(decay=0.0),
+                                 dict(current_weight=-0.1)])
+def test_temporal_config_refuses_each_bad_value(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TemporalConfig(**bad).check()
+
+
+def test_temporal_config_accepts_its_limits():
+    for ok in (dict(history=0), dict(match_k=1), dict(match_radius=1e-6), dict(decay=1e-6), dict(current_weight=0)):
+        TemporalConfig(**ok).check()
+
+
+def test_pseudo_labels_are_taken_with_the_reference_probability_by_range():
+    """p(d) = 4 e^(-d/T) / (1 + 4 e^(-d/T)), T = 20 m / ln 4: 0.8 at 0 m, 0.5 at 20 m, 0.2 at 40 m (by hand), for
+    object pseudo-labels only; the draw is seeded (the same points give the same merge) and a merged point's
+    input becomes the one-hot pseudo-label."""
+    from ssov_train.afi import _merge_pseudo
+    n = 6000
+    ranges = np.repeat([0.0, 20.0, 40.0], n)
+    angle = np.random.default_rng(1).uniform(0, 2 * np.pi, 3 * n)
+    pts = np.c_[ranges * np.cos(angle), ranges * np.sin(angle), np.full(3 * n, 5.0)]  # high z: range is horizontal
+    x = np.eye(C, dtype=np.float32)[np.full(3 * n, VEG)]
+    labels = np.full(3 * n, VEG)
+    pseudo = np.where(np.arange(3 * n) % 2 == 0, CAR, SIDEWALK)  # sidewalk: not an object class, never taken
+    cfg = AFIConfig(merge_pseudo=True)
+    objects = resolve_classes(cfg.pseudo_classes, "nuscenes", C)
+    x2, labels2 = _merge_pseudo(pts, x, labels, pseudo, cfg, objects)
+    taken = labels2 != VEG
+    assert not taken[pseudo == SIDEWALK].any()
+    for i, p in enumerate([0.8, 0.5, 0.2]):
+        part = slice(i * n, (i + 1) * n)
+        assert abs(taken[part][pseudo[part] == CAR].mean() - p) < 0.03
+    np.testing.assert_array_equal(x2[taken], np.eye(C, dtype=np.float32)[pseudo[taken]])
+    np.testing.assert_array_equal(x2[~taken], x[~taken])
+    again = _merge_pseudo(pts, x, labels, pseudo, cfg, objects)[1]
+    assert np.array_equal(again, labels2)
+    with pytest.raises(ValueError, match="pseudo_labels"):
+        _merge_pseudo(pts, x, labels, pseudo[:-1], cfg, objects)
