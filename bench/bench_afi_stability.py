@@ -8,7 +8,11 @@ network's changes taken out). Also printed: how often AFI agrees with the networ
 ``input_min_range`` (2 m: nearer returns are the ego vehicle's body, whose inputs AFI drops by design, as the
 reference does).
 
-    .venv/bin/python bench/bench_afi_stability.py [--drop 50] [--repeats 5]
+``--reference`` also prints how far AFI (exact FPS, no ground step, per-point decoder) is from the dense
+transcription of the reference's formulas in tests/test_afi.py on this sweep, and how many labels change when
+FPS starts from another point (same input: what a new set of centres alone does on this model's output).
+
+    .venv/bin/python bench/bench_afi_stability.py [--drop 50] [--repeats 5] [--reference]
 
 Label shares, not timings: the figures do not depend on the machine.
 """
@@ -27,6 +31,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import ssov_train.afi as afi_module  # noqa: E402
 from ssov_train.afi import AFIConfig, afi_refine  # noqa: E402
 from ssov_train.data.sample import load_pcd_bin  # noqa: E402
 from ssov_train.inference import Segmenter, open_backend  # noqa: E402
@@ -50,6 +55,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drop", type=int, default=50, help="random points dropped per draw")
     ap.add_argument("--repeats", type=int, default=5, help="draws (seeds 0..repeats-1)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also compare with the dense reference transcription and FPS from another start point")
     args = ap.parse_args()
 
     scan = load_pcd_bin(next(SAMPLE.glob("*LIDAR_TOP*.pcd.bin")))
@@ -80,7 +87,32 @@ def main() -> int:
               f"same network output: mean {np.mean(own):6.2%}, worst {np.max(own):6.2%}; agrees with the "
               f"network on {np.mean(full == net):.1%} of points, {np.mean(full[beyond] == net[beyond]):.1%} "
               f"beyond {cfg.input_min_range} m")
+    if args.reference:
+        reference(xyz, net, probs.shape[1])
     return 0
+
+
+def reference(xyz: np.ndarray, net: np.ndarray, c: int) -> None:
+    """AFI against the dense transcription of the reference (tests/test_afi.py) and FPS from another start."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_afi import _dense_reference
+
+    cfg = AFIConfig(sampler="fps", ground="none", input_min_range=0.0, decoder_cell=0.0)
+    labels, probs = afi_refine(xyz, net, cfg, c)
+    ref = _dense_reference(xyz, np.eye(c)[net], cfg)
+    ref[:, 0] = 0  # AFI drops class 0 for real-class inputs and renormalises
+    ref /= np.maximum(ref.sum(1, keepdims=True), 1e-30)
+    print(f"dense reference (exact FPS, no ground step, per-point decoder, one-hot): max |AFI - reference| "
+          f"{np.abs(probs - ref).max():.1e}, labels equal on {np.mean(ref.argmax(1) == labels):.2%}")
+    fps = afi_module.farthest_point_sample
+    afi_module.farthest_point_sample = lambda points, m: fps(points, m, start=len(points) // 2)
+    try:
+        other = afi_refine(xyz, net, AFIConfig(sampler="fps"), c)[0]
+    finally:
+        afi_module.farthest_point_sample = fps
+    start0 = afi_refine(xyz, net, AFIConfig(sampler="fps"), c)[0]
+    print(f"exact FPS from each level's middle point instead of point 0 (same input): labels changed "
+          f"{np.mean(other != start0):.1%}")
 
 
 if __name__ == "__main__":
