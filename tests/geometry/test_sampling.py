@@ -115,3 +115,53 @@ def test_grid_sample_is_stable_when_a_few_points_are_dropped():
         after = {tuple(p) for p in pts[keep][idx2]}
         assert before <= after
         assert abs(len(idx) - m) <= 0.1 * m  # about m: small counts move in bigger steps between rungs
+
+
+def _splitmix64(keys):
+    """splitmix64's finaliser (Steele et al. 2014), written here in numpy uint64 arithmetic."""
+    with np.errstate(over="ignore"):
+        h = keys.astype(np.uint64)
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def test_occupied_voxel_estimate_is_linear_counting_on_a_hashed_bitmap():
+    """The estimate is table * ln(table / empty slots) (linear counting, Whang et al. 1990) over the slots hit by
+    the voxels' 21-bit-per-axis keys hashed with splitmix64: recomputed here from the definitions."""
+    from ssov_train.geometry.sampling import _estimate_occupied
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(0, 30, (3000, 3))
+    xyz = [np.ascontiguousarray(c) for c in pts.T]
+    origin, size, bits = np.zeros(3), 1.5, 10
+    cells = np.floor(pts / size).astype(np.int64)
+    keys = cells[:, 0] | (cells[:, 1] << 21) | (cells[:, 2] << 42)
+    slots = _splitmix64(np.unique(keys)) & np.uint64((1 << bits) - 1)
+    empty = (1 << bits) - len(np.unique(slots))
+    expected = (1 << bits) * np.log((1 << bits) / empty)
+    assert _estimate_occupied(*xyz, origin, 1.0 / size, bits) == pytest.approx(expected, rel=1e-12)
+    assert abs(expected - len(np.unique(keys))) < 0.05 * len(np.unique(keys))  # and it estimates the count
+
+
+@pytest.mark.parametrize("m", [1, 40, 300, 1365])
+def test_searched_size_is_the_rung_whose_count_is_nearest(m):
+    """Of every rung 2**(j / 32) m between 1 cm and the cloud's extent, the searched size is one whose exact voxel
+    count is nearest m (a rung or two off only where counts tie within the estimate's error)."""
+    rng = np.random.default_rng(m)
+    pts = np.concatenate([rng.normal(0, 3, (4000, 3)), rng.uniform(-30, 30, (1500, 3))])
+    size = search_voxel_size(pts, m)
+    j = np.log2(size) * 32
+    assert j == pytest.approx(round(j), abs=1e-9)  # on the ladder
+    rungs = 2.0 ** (np.arange(-7 * 32, 6 * 32 + 1) / 32)
+    errors = np.array([abs(group_by_voxel(pts, r).num_voxels - m) for r in rungs])
+    assert abs(group_by_voxel(pts, size).num_voxels - m) <= errors.min() + max(0.02 * m, 1)
+
+
+def test_farthest_point_sampling_ties_small_clouds_and_all_points():
+    line = np.array([[0.0, 0, 0], [-0.1, 0, 0], [0.1, 0, 0], [0.05, 0, 0]])  # 1 and 2 tie from 0: the first wins
+    assert farthest_point_sample(line, 3).tolist() == [0, 1, 2]  # all within 1 m of each other
+    pts = np.random.default_rng(5).normal(size=(30, 3))
+    assert np.array_equal(farthest_point_sample(pts, 30), np.arange(30))  # m = N: every point, in order
+    assert np.array_equal(farthest_point_sample(pts, 31), np.arange(30))
+    with pytest.raises(ValueError, match=r"0\.\.29, got 30"):
+        farthest_point_sample(pts, 5, start=30)
