@@ -610,3 +610,58 @@ def test_pseudo_labels_are_taken_with_the_reference_probability_by_range():
     assert np.array_equal(again, labels2)
     with pytest.raises(ValueError, match="pseudo_labels"):
         _merge_pseudo(pts, x, labels, pseudo[:-1], cfg, objects)
+
+
+def test_streaming_without_history_is_afi_refine_with_the_same_arguments():
+    """StreamingAFI passes its config, flat classes, dictionary and pseudo-labels to the per-frame AFI: with no
+    history it is afi_refine with the same arguments (here none of them a default: KITTI names resolved in the
+    semantickitti dictionary while the config names nuscenes, the FPS sampler, pseudo-labels merged)."""
+    kitti = load_dictionary("semantickitti")
+    pts = jitter(np.concatenate([ground_plane(-12, 12, -12, 12, 0.3), box(6, 0, 4, 1.8, 1.5)]), 41)
+    pts = np.c_[pts, np.random.default_rng(0).uniform(0, 1, len(pts))]  # an intensity column: ignored
+    rng = np.random.default_rng(42)
+    labels = rng.integers(1, kitti.num_classes, len(pts))
+    pseudo = rng.integers(1, kitti.num_classes, len(pts))
+    cfg = AFIConfig(sampler="fps", decoder_cell=0.0, merge_pseudo=True, pseudo_classes=("car",),
+                    ground_z_max=-1.5)
+    flat = ["road", "sidewalk"]
+    want = afi_refine(pts, labels, cfg, kitti.num_classes, flat_classes=flat, dictionary=kitti, pseudo_labels=pseudo)
+    stream = StreamingAFI(cfg, kitti.num_classes, TemporalConfig(history=0), flat_classes=flat, dictionary=kitti)
+    got = stream.update(pts, labels, np.eye(4), pseudo_labels=pseudo)
+    assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    assert ground_inliers(pts, cfg).sum() > 100
+    assert set(np.unique(got[0][ground_inliers(pts, cfg)])) <= {kitti.eval_index("road"), kitti.eval_index("sidewalk")}
+    with pytest.raises(ValueError, match="^num_classes is required when the prediction is given as labels$"):
+        afi_refine(pts, labels, cfg)
+    with pytest.raises(ValueError, match="probabilities must be"):
+        afi_refine(pts, np.eye(C, dtype=np.float32)[labels % C], AFIConfig(), num_classes=5, flat_classes=[1])
+    with pytest.raises(ValueError, match="pose must be a 4x4"):
+        stream.update(pts, labels, np.eye(3))
+
+
+def test_streaming_window_of_one_frame_and_two_neighbours_by_hand():
+    """history 1: only the previous frame votes (frame 0's car is forgotten at frame 2). match_k 2: both
+    neighbours vote, each with weight decay / 2; a current point beyond the gate gets no vote (its miss must not
+    read another point's distribution: the previous frame has a single point)."""
+    stream = StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=1, decay=1.0, current_weight=0.0,
+                                                                      match_k=2, match_radius=0.5))
+
+    def frame(rows):
+        x = np.zeros((len(rows), C), np.float32)
+        for i, (c, v) in enumerate(rows):
+            x[i, c] = v
+        return x
+
+    two = np.array([[10.0, 0, 0, 0.3], [10.2, 0, 0, 0.7]], np.float32)  # x, y, z, intensity (ignored)
+    stream.update(two, frame([(CAR, 1.0), (CAR, 1.0)]), np.eye(4))
+    stream.update(two, frame([(TRUCK, 1.0), (VEG, 1.0)]), np.eye(4))
+    labels, probs = stream.update(two, frame([(MANMADE, 1.0), (MANMADE, 1.0)]), np.eye(4))
+    # each point hears both frame-1 points, 0.5 each: truck 0.5, vegetation 0.5 (truck < vegetation: first max)
+    np.testing.assert_allclose(probs[:, [TRUCK, VEG]], 0.5, rtol=1e-6)
+    assert labels.tolist() == [min(TRUCK, VEG)] * 2 and probs[:, CAR].max() == 0
+    single = StreamingAFI(AFIConfig(ground="none"), C, TemporalConfig(history=1, current_weight=0.0, match_k=2,
+                                                                      match_radius=0.5))
+    single.update(np.array([[10.0, 0, 0]], np.float32), frame([(CAR, 1.0)]), np.eye(4))
+    labels, _ = single.update(np.array([[10.1, 0, 0], [30.0, 0, 0]], np.float32),
+                              frame([(VEG, 1.0), (VEG, 1.0)]), np.eye(4))
+    assert labels.tolist() == [CAR, VEG]  # the far point's own label comes back

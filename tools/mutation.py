@@ -174,6 +174,16 @@ def run_module(name: str, root: Path, max_children: int) -> dict:
     return collect(name, root)
 
 
+def _exit_codes(work: Path) -> dict[str, int | None]:
+    """{mutant: the exit code of its test run} from mutmut's .meta files (None: not run)."""
+    codes = {}
+    for meta in (work / "mutants").rglob("*.meta"):
+        module = meta.relative_to(work / "mutants").with_suffix("").with_suffix("").as_posix().replace("/", ".")
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            codes[key if key.startswith(module + ".") else f"{module}.{key}"] = code
+    return codes
+
+
 def collect(name: str, root: Path) -> dict:
     """The module's result from its scratch copy, as far as mutmut got: mutants it has not run yet (an
     interrupted run; ``--collect`` reads one) count as neither tested nor survived, and are reported."""
@@ -182,8 +192,11 @@ def collect(name: str, root: Path) -> dict:
     statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
     equivalent = _equivalent()
     not_run = sum(s == "not checked" for s in statuses.values())
-    # a compiled kernel does no bounds checks: a mutant that crashes the test process (segfault) is detected
-    detected = ("killed", "timeout", "segfault")
+    # A compiled kernel does no bounds checks: a mutant whose tests die of a signal (segfault, bus error, abort;
+    # mutmut calls the last two "suspicious") is detected.
+    crashed = {m for m, code in _exit_codes(work).items() if code is not None and code < 0}
+    statuses = {m: "crashed" if m in crashed else s for m, s in statuses.items()}
+    detected = ("killed", "timeout", "crashed")
     survivors = sorted(m for m, s in statuses.items() if s not in (*detected, "skipped", "not checked"))
     diffs = _diffs(work, survivors)
     tested = sum(s not in ("skipped", "not checked") for s in statuses.values())
