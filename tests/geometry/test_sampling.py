@@ -165,3 +165,37 @@ def test_farthest_point_sampling_ties_small_clouds_and_all_points():
     assert np.array_equal(farthest_point_sample(pts, 31), np.arange(30))
     with pytest.raises(ValueError, match=r"0\.\.29, got 30"):
         farthest_point_sample(pts, 5, start=30)
+
+
+def test_axes_keep_their_own_origin():
+    """x in [0, 1], y in [5, 6], z in [-6, -5]: each axis is measured from its own lattice origin (one axis
+    measured from another's would go negative and scramble the key's bit fields)."""
+    rng = np.random.default_rng(8)
+    pts = rng.uniform([0, 5, -6], [1, 6, -5], (2000, 3))
+    groups = group_by_voxel(pts, 0.1)
+    assert same_partition(groups.voxel_of, reference_voxels(pts, 0.1))
+    from ssov_train.geometry.sampling import _estimate_occupied
+    xyz = [np.ascontiguousarray(c) for c in pts.T]
+    estimate = _estimate_occupied(*xyz, np.array([0.0, 5.0, -6.0]), 10.0, 16)
+    assert abs(estimate - groups.num_voxels) < 0.02 * groups.num_voxels
+
+
+def test_grid_sample_centre_ties_counts_and_sizing_cloud():
+    """A voxel of two points has its mean half-way: both are nearest, the first in point order is the centre.
+    m = 1 is a valid request, m = N makes every point a centre, and ``size_points`` sets the size."""
+    base = np.array([[0.25, 0.25, 0.25], [0.75, 0.75, 0.75], [5.25, 0.25, 0.25], [5.75, 0.75, 0.75],
+                     [0.25, 5.25, 0.25], [0.75, 5.75, 0.75]])  # binary fractions: the two distances are equal
+    pts = np.concatenate([base, base + [0, 0, 50.0]])
+    from ssov_train.geometry.sampling import _nearest_to_mean
+    groups = group_by_voxel(pts, 1.0)
+    idx = _nearest_to_mean(*groups.xyz, groups.order, groups.starts, groups.means())
+    assert groups.num_voxels == 6 and idx.tolist() == [0, 2, 4, 6, 8, 10]  # the first of each pair
+    assert len(grid_sample(pts, 1)[0]) >= 1
+    all_idx, none = grid_sample(pts, len(pts))
+    assert np.array_equal(all_idx, np.arange(len(pts))) and none is None
+    rng = np.random.default_rng(9)
+    scan = np.concatenate([rng.normal(0, 3, (3000, 3)), rng.uniform(-30, 30, (1000, 3))])
+    subset = scan[::7]
+    _, own = grid_sample(subset, 100)
+    _, sized = grid_sample(subset, 100, size_points=scan)
+    assert sized.size == search_voxel_size(scan, 100) != own.size
