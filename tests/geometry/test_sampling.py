@@ -61,6 +61,8 @@ def test_grid_sample_count_determinism_and_spread():
     all_idx, none = grid_sample(pts[:50], 100)
     assert np.array_equal(all_idx, np.arange(50)) and none is None
     assert search_voxel_size(np.zeros((10, 3)), 3) == 1.0  # one location
+    for m in (len(pts), len(pts) + 5):  # as many voxels as points: every point alone
+        assert group_by_voxel(pts, search_voxel_size(pts, m)).num_voxels == len(pts)
 
 
 def test_farthest_point_sampling_is_exact():
@@ -131,10 +133,10 @@ def test_occupied_voxel_estimate_is_linear_counting_on_a_hashed_bitmap():
     the voxels' 21-bit-per-axis keys hashed with splitmix64: recomputed here from the definitions."""
     from ssov_train.geometry.sampling import _estimate_occupied
     rng = np.random.default_rng(2)
-    pts = rng.uniform(0, 30, (3000, 3))
+    pts = rng.uniform([9, 11, -12], [39, 41, 18], (3000, 3))
     xyz = [np.ascontiguousarray(c) for c in pts.T]
-    origin, size, bits = np.zeros(3), 1.5, 10
-    cells = np.floor(pts / size).astype(np.int64)
+    origin, size, bits = np.array([9.0, 10.5, -12.0]), 1.5, 12  # each axis its own origin (lattice multiples)
+    cells = np.floor((pts - origin) / size).astype(np.int64)
     keys = cells[:, 0] | (cells[:, 1] << 21) | (cells[:, 2] << 42)
     slots = _splitmix64(np.unique(keys)) & np.uint64((1 << bits) - 1)
     empty = (1 << bits) - len(np.unique(slots))
@@ -143,16 +145,17 @@ def test_occupied_voxel_estimate_is_linear_counting_on_a_hashed_bitmap():
     assert abs(expected - len(np.unique(keys))) < 0.05 * len(np.unique(keys))  # and it estimates the count
 
 
-@pytest.mark.parametrize("m", [1, 40, 300, 1365])
-def test_searched_size_is_the_rung_whose_count_is_nearest(m):
+@pytest.mark.parametrize("m, scale", [(1, 1.0), (40, 1.0), (300, 1.0), (1365, 1.0), (300, 0.02)])
+def test_searched_size_is_the_rung_whose_count_is_nearest(m, scale):
     """Of every rung 2**(j / 32) m between 1 cm and the cloud's extent, the searched size is one whose exact voxel
-    count is nearest m (a rung or two off only where counts tie within the estimate's error)."""
+    count is nearest m (a rung or two off only where counts tie within the estimate's error); also for a cloud
+    1.2 m wide, whose sizes are below 1 m (negative rung numbers)."""
     rng = np.random.default_rng(m)
-    pts = np.concatenate([rng.normal(0, 3, (4000, 3)), rng.uniform(-30, 30, (1500, 3))])
+    pts = scale * np.concatenate([rng.normal(0, 3, (4000, 3)), rng.uniform(-30, 30, (1500, 3))])
     size = search_voxel_size(pts, m)
     j = np.log2(size) * 32
     assert j == pytest.approx(round(j), abs=1e-9)  # on the ladder
-    rungs = 2.0 ** (np.arange(-7 * 32, 6 * 32 + 1) / 32)
+    rungs = 2.0 ** (np.arange(-12 * 32, 6 * 32 + 1) / 32)
     errors = np.array([abs(group_by_voxel(pts, r).num_voxels - m) for r in rungs])
     assert abs(group_by_voxel(pts, size).num_voxels - m) <= errors.min() + max(0.02 * m, 1)
 
