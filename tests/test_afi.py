@@ -670,3 +670,24 @@ def test_streaming_window_of_one_frame_and_two_neighbours_by_hand():
     labels, _ = single.update(np.array([[10.1, 0, 0], [30.0, 0, 0]], np.float32),
                               frame([(VEG, 1.0), (VEG, 1.0)]), np.eye(4))
     assert labels.tolist() == [CAR, VEG]  # the far point's own label comes back
+
+
+def test_output_types_and_the_cell_decoder_shares_one_value_per_cell():
+    """Labels are int64 and distributions float32 (the documented types). With decoder_cell = 0.5 m, points in
+    one cell of the 0.5 m lattice with the same input share the interpolated value and the same skip term, so
+    their distributions are identical; the per-point decoder gives each its own (they sit apart)."""
+    rng = np.random.default_rng(51)
+    pts = jitter(np.concatenate([ground_plane(-15, 15, -15, 15, 0.2), wall_x(10, -8, 8, G, 1.5, 0.2)]), 52)
+    labels = np.where(rng.random(len(pts)) < 0.7, ROAD, VEG)
+    cfg = dict(ground="none", input_min_range=0.0)
+    out, probs = afi_refine(pts, labels, AFIConfig(decoder_cell=0.5, **cfg), C)
+    assert out.dtype == np.int64 and probs.dtype == np.float32
+    cell = np.floor(pts.astype(np.float64) / 0.5).astype(np.int64)
+    key = np.unique(np.c_[cell, labels], axis=0, return_inverse=True)[1].ravel()
+    first = np.unique(key, return_index=True)[1][key]  # each point's first partner of its (cell, label) group
+    shared = np.flatnonzero(first != np.arange(len(pts)))
+    first = first[shared]
+    assert len(shared) > 1000
+    np.testing.assert_array_equal(probs[shared], probs[first])
+    _, per_point = afi_refine(pts, labels, AFIConfig(decoder_cell=0.0, **cfg), C)
+    assert np.mean(np.any(per_point[shared] != per_point[first], axis=1)) > 0.9
