@@ -359,6 +359,7 @@ def test_streaming_never_outputs_class_zero_for_real_predictions():
     pts, labels, pose, _ = _frame(0, CAR, 40)
     labels = labels.copy()
     labels[::3] = 0
+    assert StreamingAFI().update(pts, labels)[1].shape == (len(pts), C)  # nuScenes' 17 classes by default
     s = StreamingAFI(AFIConfig(), C, TemporalConfig(history=2))
     for i in range(3):
         p = pose.copy()
