@@ -388,13 +388,15 @@ def _encode_kernel(px, py, pz, centres, nbr, fib, bin_lut, grid, first, min_bin_
     return pct, dirs, length, pooled, influence
 
 
-def _encode(prev: _Level, m: int, cfg: AFIConfig, fib: np.ndarray, first: bool) -> _Level:
-    """One encoder stage: sample centres, bin their k-NN by direction, weight by the flatness test, pool."""
+def _encode(prev: _Level, m: int, cfg: AFIConfig, fib: np.ndarray, first: bool, scan: np.ndarray) -> _Level:
+    """One encoder stage: sample centres, bin their k-NN by direction, weight by the flatness test, pool.
+    ``scan``: the full scan's points; the grid sampler's voxel size is set by the scan's voxel count (stable when
+    a few points are dropped, see :func:`~ssov_train.geometry.sampling.grid_sample`)."""
     n = len(prev.points)
     if cfg.sampler == "fps":
         centres, proxy = farthest_point_sample(prev.points, min(m, n)), None
     else:
-        centres, prev.groups = grid_sample(prev.points, min(m, n))
+        centres, prev.groups = grid_sample(prev.points, min(m, n), size_points=scan)
         proxy = None if prev.groups is None else prev.groups.voxel_of
     m, k = len(centres), min(cfg.k, n)
     nbr, _ = prev.kdtree().query([c[centres] for c in prev.xyz], k)
@@ -565,7 +567,7 @@ def _propagate(points: np.ndarray, x0: np.ndarray, cfg: AFIConfig) -> _Output:
         m = cfg.base_points // cfg.stage_ratio ** s
         if m < 1 or len(levels[-1].points) < 2:
             break
-        levels.append(_encode(levels[-1], m, cfg, fib, first=s == 1))
+        levels.append(_encode(levels[-1], m, cfg, fib, first=s == 1, scan=points))
     if len(levels) == 1:  # fewer than 2 points: nothing to propagate
         return _Output(np.zeros((1, x0.shape[1]), np.float32), np.zeros(len(x0), np.int64), 1.0)
     feat = levels[-1].feat

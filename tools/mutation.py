@@ -8,6 +8,9 @@ adds the per-module ones. Per module it prints killed / tested and the score, li
 the results table of docs/mutation.md (hand-written parts of that file, such as the reasons given for
 equivalent mutants, live in tools/mutation_equivalent.txt and are kept).
 
+Numba kernels are mutated too, compiled, in modules whose entry names their decorators (``kernels=``): see
+:func:`rewrite_kernels` and tools/mutation_kernels.py. ``--collect`` reads an interrupted run's results.
+
 A mutant is *killed* when a test fails (or it times out); *tested* = every mutant mutmut generated, less those
 it skipped. The score = killed / tested; mutants listed as equivalent (the code behaves the same, so no test can
 kill them) are reported separately and the score without them is printed too.
@@ -16,6 +19,7 @@ kill them) are reported separately and the score without them is printed too.
 from __future__ import annotations
 
 import argparse
+import ast
 import configparser
 import json
 import os
@@ -36,16 +40,22 @@ EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
 class Module:
     files: tuple[str, ...]  # mutated
     tests: tuple[str, ...]  # the module's own tests (pytest node ids or paths)
+    # Decorators (as written, e.g. "jit", "numba.njit") of the numba kernels in ``files`` that are mutated too,
+    # compiled (see rewrite_kernels and tools/mutation_kernels.py); empty: decorated kernels are not mutated.
+    kernels: tuple[str, ...] = ()
 
+
+JIT = ("jit", "fast_jit", "inline")  # ssov_train/jit.py's decorators
 
 MODULES: dict[str, Module] = {
     "projection": Module(("ssov_train/geometry/projection.py",), ("tests/geometry/test_projection.py",)),
     "superpoints": Module(("ssov_train/superpoints.py",), ("tests/test_superpoints.py",)),
     "vocab": Module(("ssov_train/vocab/dictionary.py",), ("tests/vocab/test_dictionary.py",)),
     "losses": Module(("ssov_train/losses/tmp.py", "ssov_train/losses/lovasz.py"), ("tests/losses",)),
-    "afi": Module(("ssov_train/afi.py",), ("tests/test_afi.py",)),
+    "afi": Module(("ssov_train/afi.py",), ("tests/test_afi.py",), kernels=JIT),
     "voxelize": Module(("ssov_train/geometry/voxelize.py",), ("tests/geometry/test_voxelize.py",)),
-    "kdtree": Module(("ssov_train/geometry/kdtree.py",), ("tests/geometry/test_kdtree.py",)),
+    "kdtree": Module(("ssov_train/geometry/kdtree.py",), ("tests/geometry/test_kdtree.py",), kernels=JIT),
+    "sampling": Module(("ssov_train/geometry/sampling.py",), ("tests/geometry/test_sampling.py",), kernels=JIT),
     "kernel_maps": Module(("ssov_export/kernel_maps.py",), ("tests/export/test_kernel_maps.py",)),
     "onnx_graph": Module(("ssov_export/onnx_graph.py",), ("tests/export/test_onnx_export.py",
                                                          "tests/export/test_kernel_maps.py")),
@@ -59,6 +69,38 @@ MODULES: dict[str, Module] = {
 }
 
 
+def rewrite_kernels(source: str, decorators: tuple[str, ...], package: str) -> str:
+    """``source`` with every top-level function decorated by exactly one of ``decorators`` turned into a plain
+    function (which mutmut mutates) that tools/mutation_kernels.py compiles after mutmut's trampoline is built:
+
+        @jit                        def k(...):
+        def k(...):          ->         ...
+            ...                     k = _mutmut_kernel(jit, k, globals(), helper=False)
+
+    ``helper`` is True for a kernel that other kernels of the module call (its name must stay a numba
+    dispatcher). Only the scratch copy is rewritten; the line numbers of a mutant's diff shift, its text not."""
+    tree = ast.parse(source)
+    kernels = {}
+    for node in tree.body:
+        if (isinstance(node, ast.FunctionDef) and len(node.decorator_list) == 1
+                and ast.unparse(node.decorator_list[0]) in decorators):
+            kernels[node.name] = node
+    if not kernels:
+        return source
+    called = {n.id for k in kernels.values() for n in ast.walk(k) if isinstance(n, ast.Name) and n.id in kernels
+              and n.id != k.name}
+    lines = source.splitlines(keepends=True)
+    # bottom-up, so earlier line numbers stay valid
+    for name, node in sorted(kernels.items(), key=lambda kv: -kv[1].lineno):
+        dec = node.decorator_list[0]
+        lines.insert(node.end_lineno, f"{name} = _mutmut_kernel({ast.unparse(dec)}, {name}, globals(), "
+                                      f"helper={name in called})\n")
+        del lines[dec.lineno - 1:dec.end_lineno]
+    first = min(node.decorator_list[0].lineno for node in kernels.values())
+    lines.insert(first - 1, f"from {package}._mutmut_kernels import kernel as _mutmut_kernel\n")
+    return "".join(lines)
+
+
 def _scratch(name: str, module: Module, root: Path) -> Path:
     """A copy of the tracked files with setup.cfg's [mutmut] section completed for ``module``."""
     work = root / name
@@ -70,6 +112,12 @@ def _scratch(name: str, module: Module, root: Path) -> Path:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
+    if module.kernels:
+        for rel in module.files:
+            package = rel.split("/")[0]
+            shutil.copy2(REPO / "tools" / "mutation_kernels.py", work / package / "_mutmut_kernels.py")
+            path = work / rel
+            path.write_text(rewrite_kernels(path.read_text(), module.kernels, package))
     cfg = configparser.ConfigParser()
     cfg.read(work / "setup.cfg")
     packages = sorted({f.split("/")[0] for f in module.files})
@@ -117,37 +165,71 @@ def _equivalent() -> dict[str, str]:
 
 
 def run_module(name: str, root: Path, max_children: int) -> dict:
-    module = MODULES[name]
-    work = _scratch(name, module, root)
-    # mutmut's own summary line goes to the terminal; the numbers come from its stats export
+    work = _scratch(name, MODULES[name], root)
+    # mutmut's own summary line goes to the terminal; the numbers come from its results listing
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
                          text=True)
     if run.returncode != 0:
         raise SystemExit(f"mutmut run failed for {name} (in {work})")
-    _mutmut(work, "export-cicd-stats")
-    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    return collect(name, root)
+
+
+def _exit_codes(work: Path) -> dict[str, int | None]:
+    """{mutant: the exit code of its test run} from mutmut's .meta files (None: not run)."""
+    codes = {}
+    for meta in (work / "mutants").rglob("*.meta"):
+        module = meta.relative_to(work / "mutants").with_suffix("").with_suffix("").as_posix().replace("/", ".")
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            codes[key if key.startswith(module + ".") else f"{module}.{key}"] = code
+    return codes
+
+
+def collect(name: str, root: Path) -> dict:
+    """The module's result from its scratch copy, as far as mutmut got: mutants it has not run yet (an
+    interrupted run; ``--collect`` reads one) count as neither tested nor survived, and are reported."""
+    module, work = MODULES[name], root / name
     listing = _mutmut(work, "results", "--all", "true")
     statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
     equivalent = _equivalent()
-    survivors = sorted(m for m, s in statuses.items() if s not in ("killed", "timeout", "skipped"))
+    not_run = sum(s == "not checked" for s in statuses.values())
+    # A compiled kernel does no bounds checks: a mutant whose tests die of a signal (segfault, bus error, abort;
+    # mutmut calls the last two "suspicious") is detected.
+    crashed = {m for m, code in _exit_codes(work).items() if code is not None and code < 0}
+    statuses = {m: "crashed" if m in crashed else s for m, s in statuses.items()}
+    detected = ("killed", "timeout", "crashed")
+    survivors = sorted(m for m, s in statuses.items() if s not in (*detected, "skipped", "not checked"))
     diffs = _diffs(work, survivors)
-    tested = stats["total"] - stats["skipped"]
-    killed = stats["killed"] + stats["timeout"]
+    tested = sum(s not in ("skipped", "not checked") for s in statuses.values())
+    killed = sum(s in detected for s in statuses.values())
     n_equivalent = sum(m in equivalent for m in survivors)
     result = dict(module=name, files=list(module.files), tests=list(module.tests), tested=tested, killed=killed,
-                  score=killed / tested if tested else 0.0,
+                  not_run=not_run, score=killed / tested if tested else 0.0,
                   score_without_equivalent=killed / (tested - n_equivalent) if tested > n_equivalent else 0.0,
                   survivors={m: dict(status=statuses[m], equivalent=equivalent.get(m), diff=diffs[m])
                              for m in survivors})
     (root / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(f"mutation {name}: {killed}/{tested} killed = {100 * result['score']:.1f}% "
           f"({100 * result['score_without_equivalent']:.1f}% without {n_equivalent} equivalent); "
-          f"{len(survivors) - n_equivalent} survivor(s) left", flush=True)
+          f"{len(survivors) - n_equivalent} survivor(s) left" + (f"; {not_run} mutant(s) not run" if not_run else ""),
+          flush=True)
     return result
 
 
+def _doc_parts(results_text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """{module: its table row} and {module: its survivors section's lines} of docs/mutation.md's results part."""
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (\w+) \|.*$", results_text, flags=re.M)
+            if m.group(1) != "module"}
+    sections: dict[str, list[str]] = {}
+    for block in re.split(r"^(?=### )", results_text, flags=re.M):
+        head = re.match(r"### (\w+): survivors", block)
+        if head:
+            sections[head.group(1)] = block.rstrip("\n").splitlines() + [""]
+    return rows, sections
+
+
 def write_doc(root: Path) -> None:
-    """docs/mutation.md's results part from every module result found in ``root`` (earlier runs included)."""
+    """docs/mutation.md's results part from every module result found in ``root`` (earlier runs included); the
+    rows and survivor lists of modules without a result there (run elsewhere) are kept as they are."""
     results = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
     equivalent = _equivalent()  # reasons as listed now (the list may have grown since a module's run)
     for r in results:
@@ -155,27 +237,31 @@ def write_doc(root: Path) -> None:
             s["equivalent"] = equivalent.get(m)
         n_equivalent = sum(s["equivalent"] is not None for s in r["survivors"].values())
         r["score_without_equivalent"] = r["killed"] / (r["tested"] - n_equivalent) if r["tested"] > n_equivalent else 0.0
-    results.sort(key=lambda r: list(MODULES).index(r["module"]) if r["module"] in MODULES else 99)
-    lines = ["| module | files | tests | killed / tested | score | score without equivalent |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    text = DOC.read_text() if DOC.exists() else "# Mutation testing\n\n<!-- results -->\n"
+    head, _, old = text.partition("<!-- results -->")
+    rows, sections = _doc_parts(old)
     for r in results:
-        lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['killed']} / "
-                     f"{r['tested']} | {100 * r['score']:.1f}% | {100 * r['score_without_equivalent']:.1f}% |")
-    lines.append("")
-    for r in results:
+        partial = f" ({r['not_run']} not run: partial)" if r.get("not_run") else ""
+        rows[r["module"]] = (f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['killed']} / "
+                             f"{r['tested']}{partial} | {100 * r['score']:.1f}% | "
+                             f"{100 * r['score_without_equivalent']:.1f}% |")
+        sections.pop(r["module"], None)
         if not r["survivors"]:
             continue
-        lines.append(f"### {r['module']}: survivors")
-        lines.append("")
+        section = [f"### {r['module']}: survivors", ""]
         for m, s in r["survivors"].items():
             why = f"equivalent: {s['equivalent']}" if s["equivalent"] else f"{s['status']}, not yet killed"
             change = [ln for ln in s["diff"].splitlines() if ln.startswith(("+ ", "- ", "+", "-"))
                       and not ln.startswith(("+++", "---"))]
             shown = " / ".join(f"{x[0]} {x[1:].strip()}" for x in change[:2])[:200]
-            lines.append(f"- `{m}` ({why}): `{shown}`")
-        lines.append("")
-    text = DOC.read_text() if DOC.exists() else "# Mutation testing\n\n<!-- results -->\n"
-    head = text.split("<!-- results -->")[0]
+            section.append(f"- `{m}` ({why}): `{shown}`")
+        sections[r["module"]] = section + [""]
+    order = {name: i for i, name in enumerate(MODULES)}
+    names = sorted(rows, key=lambda m: order.get(m, len(order)))
+    lines = ["| module | files | tests | killed / tested | score | score without equivalent |",
+             "| --- | --- | --- | --- | --- | --- |", *(rows[m] for m in names), ""]
+    for m in sorted(sections, key=lambda m: order.get(m, len(order))):
+        lines.extend(sections[m])
     DOC.write_text(head + "<!-- results -->\n\n" + "\n".join(lines))
 
 
@@ -187,6 +273,9 @@ def main() -> int:
                     help="scratch directory (one copy of the repository per module, and the results)")
     ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--doc-only", action="store_true", help="rewrite docs/mutation.md from earlier results")
+    ap.add_argument("--collect", action="store_true",
+                    help="read the modules' results from their scratch copies as far as mutmut got (after an "
+                         "interrupted run), without running mutmut")
     args = ap.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -194,7 +283,10 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.doc_only:
         for name in args.modules or list(MODULES):
-            run_module(name, args.work, args.max_children)
+            if args.collect:
+                collect(name, args.work)
+            else:
+                run_module(name, args.work, args.max_children)
     write_doc(args.work)
     for p in sorted(args.work.glob("*.json")):
         r = json.loads(p.read_text())

@@ -21,6 +21,8 @@ _AXIS_BITS = 21  # voxel coordinate bits per axis in a key
 _AXIS_VOXELS = 1 << _AXIS_BITS
 _MIN_VOXEL = 1e-30  # metres: far below lidar precision; a smaller extent is one location (one voxel, size 1)
 _EMPTY = -1
+_LADDER = 32  # voxel sizes searched by grid_sample are 2**(j / _LADDER) metres (steps of 2.2%)
+_WINDOW = 3  # rungs on each side of the searched size that search_voxel_size compares
 
 
 
@@ -149,15 +151,25 @@ def _coordinates(points: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.n
     return xyz, origin, extent
 
 
+def _anchor(low: np.ndarray, size: float) -> np.ndarray:
+    """The grid origin for points whose per-axis minimum is ``low``: the multiple of ``size`` at or below it, so
+    that voxels are the cells of one lattice of the sensor frame (k * size .. (k + 1) * size per axis) whatever
+    the cloud's extreme points: dropping or adding a few points leaves every other voxel as it was. (Where
+    ``low / size`` is beyond float precision the lattice is moot; the minimum keeps keys non-negative.)"""
+    return np.minimum(np.floor(low / size) * size, low)
+
+
 def group_by_voxel(points: np.ndarray, size: float, expected_voxels: Optional[int] = None) -> VoxelGroups:
     """Group (N, 3+) points by cubic voxels of ``size`` metres (raised where needed so that the extent fits
-    21 bits per axis). ``expected_voxels`` only sizes the first hash table."""
+    21 bits per axis): the cells of the lattice of multiples of ``size`` in the points' frame.
+    ``expected_voxels`` only sizes the first hash table."""
     return _group(*_coordinates(points), size, expected_voxels)
 
 
 def _group(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], origin: np.ndarray, extent: float, size: float,
            expected_voxels: Optional[int]) -> VoxelGroups:
     size = max(float(size), extent / (_AXIS_VOXELS - 2), _MIN_VOXEL)
+    origin = _anchor(origin, size)
     n = len(xyz[0])
     expected = max(1, min(n, 1024 if expected_voxels is None else int(expected_voxels)))
     slots = 1 << max(4, int(math.ceil(math.log2(2 * expected))))
@@ -177,7 +189,9 @@ def search_voxel_size(points: np.ndarray, m: int, tolerance: float = 0.03) -> fl
 
     Regula falsi on log(count) vs log(size), bracketed: ~N voxels at extent / 2N (even for a line), 1 at the
     extent; counts are linear-counting estimates (:func:`_estimate_occupied`). Lands within ``tolerance`` of
-    ``m`` or as close as 16 trials get. One location (extent ~0) gives size 1."""
+    ``m`` or as close as 16 trials get, then snapped to a rung of a fixed ladder of sizes (steps of 2.2%): the
+    rung whose count is nearer ``m``, so that a few points more or less do not change the size. One location
+    (extent ~0) gives size 1."""
     if m < 1:
         raise ValueError(f"search_voxel_size: m must be >= 1, got {m}")
     return _search_size(*_coordinates(points), m, tolerance)
@@ -195,7 +209,7 @@ def _search_size(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], origin: np.ndar
     size = ext / math.sqrt(m)  # first guess: a surface-like cloud
     best_size, best_err = size, math.inf
     for _ in range(16):
-        est = _estimate_occupied(*xyz, origin, 1.0 / max(size, ext / (_AXIS_VOXELS - 2)), bits)
+        est = _estimate(xyz, origin, ext, size, bits)
         if abs(est - m) < best_err:
             best_size, best_err = size, abs(est - m)
         if best_err <= max(tolerance * m, 1.0):
@@ -206,7 +220,20 @@ def _search_size(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], origin: np.ndar
             hi, c_hi = size, est
         t = math.log(c_lo / m) / math.log(c_lo / c_hi) if c_lo > c_hi else 0.5
         size = lo * (hi / lo) ** min(max(t, 0.1), 0.9)  # clamped: keeps shrinking the bracket
-    return best_size
+    # Snapped to the ladder of sizes 2**(j / _LADDER): of the rungs around the size found, the one whose count
+    # is nearest m. A continuous size moved with every point added or dropped, and a new size is a new grid
+    # (other centres everywhere). The window is wide because the count is not monotonic in the size at the
+    # scale of a rung: the search may stop one rung either side of the best one, by a hair of difference.
+    j = math.floor(math.log2(best_size) * _LADDER)
+    rungs = [2.0 ** (i / _LADDER) for i in range(j - _WINDOW, j + _WINDOW + 2)]
+    errors = [abs(_estimate(xyz, origin, ext, r, bits) - m) for r in rungs]
+    return rungs[min(range(len(rungs)), key=lambda i: (errors[i], -i))]  # ties: the larger size
+
+
+def _estimate(xyz: tuple[np.ndarray, np.ndarray, np.ndarray], low: np.ndarray, ext: float, size: float,
+              bits: int) -> float:
+    size = max(size, ext / (_AXIS_VOXELS - 2))
+    return _estimate_occupied(*xyz, _anchor(low, size), 1.0 / size, bits)
 
 
 @jit
@@ -226,7 +253,8 @@ def _nearest_to_mean(x, y, z, order, starts, means):
     return out
 
 
-def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np.ndarray, Optional[VoxelGroups]]:
+def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03,
+                size_points: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[VoxelGroups]]:
     """About ``m`` well-spread centres (indices into ``points``) and the voxels they were drawn from.
 
     FPS is used by the reference only to spread centres evenly over the occupied space. A voxel grid does the
@@ -235,6 +263,12 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
     (:func:`search_voxel_size`); each voxel's centre is its point nearest to the voxel's mean. Deterministic.
     Centre i is the centre of voxel i, so ``groups.voxel_of`` gives every point a nearby centre (AFI's decoder
     seeds its k-NN search with it). The groups are None when ``m`` >= N (every point is a centre).
+
+    ``size_points``: the cloud whose occupied voxels are counted to find the size (default ``points``). AFI's
+    deeper levels sample the previous level's centres, a subset of the scan, but count on the whole scan: a
+    scan's voxel counts barely move when a few of its points are dropped, while the centres' counts move by a few
+    voxels per moved centre, which sometimes tipped the size to the next rung (a new grid, and about 20% of AFI's
+    labels changed on the real sweep).
     """
     n = len(points)
     if m < 1:
@@ -242,7 +276,8 @@ def grid_sample(points: np.ndarray, m: int, tolerance: float = 0.03) -> tuple[np
     if m >= n:
         return np.arange(n), None
     cloud = _coordinates(points)  # converted and checked once, for the size search and the grouping
-    groups = _group(*cloud, _search_size(*cloud, m, tolerance), m)
+    sizing = cloud if size_points is None else _coordinates(size_points)
+    groups = _group(*cloud, _search_size(*sizing, m, tolerance), m)
     return _nearest_to_mean(*groups.xyz, groups.order, groups.starts, groups.means()), groups
 
 

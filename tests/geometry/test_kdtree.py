@@ -92,3 +92,24 @@ def test_query_arguments_are_checked():
         tree.query((np.zeros(3), np.zeros(2), np.zeros(3)), 1)
     with pytest.raises(ValueError, match="overflow"):
         KDTree(np.array([[1e160, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_indices_are_int64_and_every_box_bounds_exactly_its_points(grouped):
+    """Queries stay exact with boxes that are too large (they only prune less), so the boxes are checked
+    directly: each group's box is its points' min / max, and the root box is the cloud's bounding box."""
+    pts = lidar_like(5, 3000)
+    groups = None
+    if grouped:
+        _, voxels = grid_sample(pts, 200)
+        groups = (voxels.order, voxels.starts)
+    tree = KDTree(pts, groups=groups)
+    idx, _ = tree.query(pts[:10], 3)
+    assert idx.dtype == np.int64
+    order, starts = groups if grouped else (np.arange(len(pts)), np.arange(len(pts) + 1))
+    members = [order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)]
+    p = pts.astype(np.float64)
+    expected = {tuple(np.r_[p[m].min(0), p[m].max(0)]) for m in members}
+    assert {tuple(b) for b in tree._item_boxes} == expected
+    np.testing.assert_array_equal(tree._boxes[0], np.r_[p.min(0), p.max(0)])
+    assert tree._depth > 0 and len(tree._nodes) > 1  # a tree, not one leaf
