@@ -457,3 +457,48 @@ def test_read_manifest_errors(tmp_path):
     for bad in ["../x", "a b", ""]:
         with pytest.raises(DataError, match=r"split name .* must be letters, digits, '_', '-' or '.'"):
             manifest_path(tmp_path, bad)
+
+
+def test_occluded_pairs_are_summed_over_cameras(tmp_path):
+    # C0 sees the wall point behind the car point (occluded); C1 (turned 60 degrees) sees p2 alone. The scan's
+    # count is C0's 1 + C1's 0.
+    store = _store(tmp_path, {"c0": _uniform(CAR), "c1": _uniform(TRUCK)})
+    cams = [_camera("C0", "c0", _yawed(0)), _camera("C1", "c1", _yawed(60))]
+    frame = _frame([[5, 0, 0], [20, 0.1, 0], [5, 8.66, 0]], cams)
+    sp = compute_superpoints(frame, store, DICT, ProjectionConfig(occlusion=True, occlusion_radius_px=48))
+    assert sp.stats["occluded_pairs"] == 1
+    assert sp.pseudo_label.tolist() == [DICT.eval_index("car"), 0, DICT.eval_index("truck")]
+
+
+def test_load_file_without_stats(tmp_path):
+    from ssov_train.io import save_npz_atomic
+
+    frame, store = _two_camera_scene(tmp_path)
+    arrays = compute_superpoints(frame, store, DICT, ProjectionConfig()).to_arrays()
+    meta = json.loads(str(arrays["meta"]))
+    del meta["stats"]  # a file written without stats reads back with empty stats
+    arrays["meta"] = np.array(json.dumps(meta))
+    save_npz_atomic(tmp_path / "sp.npz", **arrays)
+    assert load_superpoints(tmp_path / "sp.npz").stats == {}
+
+
+def test_runner_defaults_split_all_with_a_progress_bar(tmp_path, capsys):
+    store = _store(tmp_path, {"c0": _uniform(CAR)})
+    result = run_superpoints(_Reader(), ["s0", "s1"], store, DICT, ProjectionConfig(), tmp_path / "sp")
+    assert result.done == ["s0", "s1"] and read_manifest(tmp_path / "sp", "all")["num_samples"] == 2
+    err = capsys.readouterr().err
+    assert "superpoints 1/1: 100%" in err and "2/2" in err and "scan/s" in err
+
+
+def test_run_per_sample_defaults_and_timing(tmp_path, capsys):
+    import time
+
+    def compute(token, path):
+        path.write_text(token)
+
+    before = time.perf_counter()
+    result = run_per_sample(["s0", "s1", "s2"], compute, tmp_path / "a" / "b", {"k": 1}, {}, "widgets", shard=(1, 3))
+    elapsed = time.perf_counter() - before
+    assert result.done == ["s1"] and 0 < result.seconds <= elapsed
+    assert read_manifest(tmp_path / "a" / "b", "all")["num_missing"] == 2
+    assert "widgets 2/3: 100%" in capsys.readouterr().err
