@@ -173,7 +173,7 @@ def test_error_messages_name_the_problem():
         voxelize(np.zeros((5, 2)), VoxelConfig())
     with pytest.raises(DataError, match=r"voxelize: points must be \(N, 3\), got \(3,\)"):
         voxelize(np.zeros(3), VoxelConfig())
-    with pytest.raises(DataError, match="voxelize: empty point cloud"):
+    with pytest.raises(DataError, match="^voxelize: empty point cloud$"):
         voxelize(np.zeros((0, 3)), VoxelConfig())
     bad = pts.copy()
     bad[[2, 5], [0, 2]] = np.nan
@@ -184,7 +184,7 @@ def test_error_messages_name_the_problem():
         voxelize(pts, VoxelConfig(), features=np.zeros(9))
     with pytest.raises(DataError, match=r"voxelize: features must be \(N,\) or \(N, F\) with N=10, got \(10, 2, 1\)"):
         voxelize(pts, VoxelConfig(), features=np.zeros((10, 2, 1)))
-    with pytest.raises(DataError, match="voxelize: point features contain NaN/Inf"):
+    with pytest.raises(DataError, match="^voxelize: point features contain NaN/Inf$"):
         voxelize(pts, VoxelConfig(), features=np.full((10, 2), np.inf))
     with pytest.raises(DataError, match=r"voxelize: labels must be integer \(N,\) with N=10, got float32 \(10,\)"):
         voxelize(pts, VoxelConfig(), labels=np.zeros(10, np.float32))
@@ -247,6 +247,7 @@ def test_nearest_voxels_keeps_the_nearest_representatives():
     assert kept.coords.tolist() == [[1, 0, 0], [3, 0, 1]]  # B and D, in coordinate order
     assert kept_points.tolist() == [1, 3, 4]
     assert kept.point_to_voxel.tolist() == [0, 1, 0]  # over the kept points B, D, B
+    assert kept.point_to_voxel.dtype == np.int64 and kept.voxel_to_point.dtype == np.int64
     assert kept.voxel_to_point.tolist() == [0, 1]  # B's representative is kept point 0 (point 1), D's is 1 (point 3)
     assert kept.features.tolist() == [[10.0], [30.0]] and kept.labels.tolist() == [2, 4]
     assert kept.offset.tolist() == vox.offset.tolist() and kept.spatial_shape == vox.spatial_shape
@@ -256,14 +257,29 @@ def test_nearest_voxels_keeps_the_nearest_representatives():
 
 
 def test_nearest_voxels_ties_by_voxel_order_and_without_features():
-    # 20 voxels on a circle of radius 5 (every representative at the same range): the first ones in voxel order stay.
-    angles = np.deg2rad(np.arange(20) * 18.0)
-    pts = np.stack([5 * np.cos(angles), 5 * np.sin(angles), np.zeros(20)], 1).astype(np.float32)
-    vox = voxelize(pts, VoxelConfig("cartesian", (0.5, 0.5, 1)))
-    assert vox.num_voxels == 20 and vox.features is None and vox.labels is None
-    kept, kept_points = nearest_voxels(vox, pts, 7)
-    assert kept.coords.tolist() == vox.coords[:7].tolist() and kept.features is None and kept.labels is None
-    assert sorted(kept_points.tolist()) == sorted(vox.voxel_to_point[:7].tolist())
+    # 48 voxels on four rings (ranges exactly 5, 10, 15, 20 m: Pythagorean triples); the 12 voxels at 5 m tie, and a
+    # budget of 5 keeps the first 5 of them in voxel (coordinate) order. (numpy's default argsort is not stable for
+    # this many ties.)
+    pts = []
+    for r, (a, b) in [(5, (3, 4)), (10, (6, 8)), (15, (9, 12)), (20, (12, 16))]:
+        for x, y in [(a, b), (b, a), (-a, b), (-b, a), (a, -b), (b, -a), (-a, -b), (-b, -a), (r, 0), (-r, 0), (0, r), (0, -r)]:
+            pts.append((x, y, 0.5))
+    pts = np.array(pts, dtype=np.float32)
+    vox = voxelize(pts, VoxelConfig("cartesian", (1, 1, 1)))
+    assert vox.num_voxels == 48 and vox.features is None and vox.labels is None
+    ring5 = sorted(tuple(c) for c in np.floor(pts[:12]).astype(int).tolist())
+    kept, kept_points = nearest_voxels(vox, pts, 5)
+    assert [tuple(c) for c in (kept.coords + kept.offset).tolist()] == ring5[:5]
+    assert kept.features is None and kept.labels is None and len(kept_points) == 5
+
+
+def test_nearest_voxels_ranks_in_float32():
+    # float64 input: B (0, 3.00000001) is farther than A (3, 0) in float64 but both are 3.0 in float32, where they
+    # tie and voxel order (B's cell (0, 3) before A's (3, 0)) keeps B, as for the float32 clouds the network gets.
+    pts = np.array([[3.0, 0.0, 0.5], [0.0, 3.00000001, 0.5]])
+    vox = voxelize(pts, VoxelConfig("cartesian", (1, 1, 1)))
+    kept, kept_points = nearest_voxels(vox, pts, 1)
+    assert kept_points.tolist() == [1]
 
 
 def test_nearest_voxels_under_budget_and_bad_budget():
@@ -273,3 +289,9 @@ def test_nearest_voxels_under_budget_and_bad_budget():
     assert nearest_voxels(vox, pts, 1)[0].coords.tolist() == [[1, 0, 0]]
     with pytest.raises(ConfigError, match="max_voxels must be >= 1, got 0"):
         nearest_voxels(vox, pts, 0)
+
+
+def test_majority_ignores_label_0_by_default():
+    # one voxel labelled (0, 0, 1): 0 is the default ignore label, so the voxel is 1
+    pts = np.full((3, 3), 0.5, dtype=np.float32)
+    assert voxelize(pts, VoxelConfig("cartesian", (1, 1, 1)), labels=np.array([0, 0, 1], np.uint8)).labels.tolist() == [1]

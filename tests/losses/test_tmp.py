@@ -189,6 +189,7 @@ B = _sample("b", 2, [0, 1, 1], [0, 1, 2], [3, 4, 9], [[1, 1], [2, 0], [0, 2]])
 
 def test_batch_offsets_superpoint_ids_and_points():
     b = batch_superpoints([A, B])
+    assert b.pair_point.dtype == torch.int64 and b.pair_superpoint.dtype == torch.int64
     assert b.pair_point.tolist() == [0, 1, 2, 3, 4, 4]
     assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4]
     assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9]
@@ -233,7 +234,7 @@ def test_batch_with_point_rows_keeps_long_ids_and_float32_features():
 
 
 def test_batch_input_errors_name_the_problem():
-    with pytest.raises(ValueError, match="batch_superpoints needs at least one sample"):
+    with pytest.raises(ValueError, match="^batch_superpoints needs at least one sample$"):
         batch_superpoints([])
     with pytest.raises(ValueError, match="point_rows has 1 entries for 2 samples"):
         batch_superpoints([A, B], point_rows=[np.arange(3)])
@@ -289,3 +290,13 @@ def test_tmp_loss_weights_and_single_superpoint():
     out = TMPLoss(TEXT, SAME)(POINTS, one)
     assert out["superpixel_superpoint"].item() == pytest.approx(0.0, abs=1e-12)
     assert out["text_superpoint"].item() > 0
+
+
+def test_batch_offsets_accumulate_over_three_scans():
+    # a (3 points, 2 used superpoints), b (2 points, 3), a again: the third scan starts after 3 + 2 points and
+    # 2 + 3 superpoints (a running sum, not the previous scan's count alone).
+    b = batch_superpoints([A, B, A])
+    assert b.pair_point.tolist() == [0, 1, 2, 3, 4, 4, 5, 6, 7]
+    assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4, 5, 6, 6]
+    assert b.superpoint_scan.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9, 5, 7]
