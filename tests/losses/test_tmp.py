@@ -136,7 +136,7 @@ def test_tmp_loss_no_superpoint_is_zero_with_grad():
                      superpoint_prompt=torch.tensor([1]), superpoint_feature=torch.ones(1, 2),
                      superpoint_scan=torch.zeros(1, dtype=torch.long))
     out = TMPLoss(TEXT, SAME)(feats, batch)
-    assert out["total"].item() == 0.0
+    assert {k: v.item() for k, v in out.items()} == {"total": 0.0, "superpixel_superpoint": 0.0, "text_superpoint": 0.0}
     out["total"].backward()
     assert torch.equal(feats.grad, torch.zeros_like(feats))
 
