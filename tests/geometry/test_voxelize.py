@@ -160,11 +160,22 @@ def test_grid_index_bound_is_inclusive_at_2_pow_30():
 
 def test_grid_of_2_pow_62_cells_is_refused():
     cfg = VoxelConfig("cartesian", (1, 1, 1))
-    corner = [2.0**21 - 0.5, 2.0**21 - 0.5, 2.0**20 - 0.5]  # shape 2^21 x 2^21 x 2^20 = 2^62 cells
-    with pytest.raises(DataError, match=r"voxelize: grid of \[2097152, 2097152, 1048576\] cells is too large for packed keys"):
+    corner = [2.0**22 - 0.5, 2.0**20 - 0.5, 2.0**20 - 0.5]  # shape 2^22 x 2^20 x 2^20 = 2^62 cells
+    with pytest.raises(DataError, match=r"voxelize: grid of \[4194304, 1048576, 1048576\] cells is too large for packed keys"):
         voxelize(np.array([[0.5, 0.5, 0.5], corner], dtype=np.float32), cfg)
     corner[2] = 2.0**20 - 16.5  # 16 cells fewer in z: fits
     assert voxelize(np.array([[0.5, 0.5, 0.5], corner], dtype=np.float32), cfg).num_voxels == 2
+
+
+def test_packed_keys_stay_exact_past_2_pow_53():
+    # A 2^21 x 2^20 x 2^20 grid: keys near 2^61, where float64 steps by 512, so neighbouring z cells at the far x end
+    # must not merge (integer keys).
+    far = 2.0**21 - 0.5
+    pts = np.array([[0.5, 0.5, 0.5], [far, 0.5, 0.5], [far, 0.5, 1.5], [0.5, 2.0**20 - 0.5, 2.0**20 - 0.5]],
+                   dtype=np.float32)
+    v = voxelize(pts, VoxelConfig("cartesian", (1, 1, 1)))
+    assert v.spatial_shape == (2**21, 2**20, 2**20)
+    assert v.num_voxels == 4 and v.point_to_voxel.tolist() == [0, 2, 3, 1]
 
 
 def test_error_messages_name_the_problem():
