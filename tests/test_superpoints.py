@@ -488,6 +488,9 @@ def test_runner_defaults_split_all_with_a_progress_bar(tmp_path, capsys):
     assert result.done == ["s0", "s1"] and read_manifest(tmp_path / "sp", "all")["num_samples"] == 2
     err = capsys.readouterr().err
     assert "superpoints 1/1: 100%" in err and "2/2" in err and "scan/s" in err
+    again = run_superpoints(_Reader(), ["s0", "s1"], store, DICT, ProjectionConfig(), tmp_path / "sp", overwrite=True,
+                            progress=False)
+    assert again.done == ["s0", "s1"] and capsys.readouterr().err == ""  # progress=False: no bar
 
 
 def test_run_per_sample_defaults_and_timing(tmp_path, capsys):
