@@ -99,8 +99,8 @@ def _toy_batch() -> TMPBatch:
                     superpoint_scan=torch.zeros(3, dtype=torch.long))
 
 
-def test_tmp_loss_total_hand_value_and_skips_empty_superpoints():
-    tau = 0.07
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_tmp_loss_total_hand_value_and_skips_empty_superpoints(tau):
     out = TMPLoss(TEXT, SAME, tau=tau)(POINTS, _toy_batch())
     k0, k1 = (2 / C3, 1 / C3), (0.6 / C1, 0.8 / C1)
     ip = (lse(k0[0] / tau, k0[1] / tau) - k0[0] / tau + lse(k1[0] / tau, k1[1] / tau) - k1[1] / tau) / 2
@@ -300,3 +300,9 @@ def test_batch_offsets_accumulate_over_three_scans():
     assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4, 5, 6, 6]
     assert b.superpoint_scan.tolist() == [0, 0, 1, 1, 1, 2, 2]
     assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9, 5, 7]
+
+
+def test_tmp_loss_same_category_as_integer_matrix():
+    # a 0/1 integer matrix is read as booleans: both kept superpoints are category 0, so the masked InfoNCE is 0
+    out = TMPLoss(TEXT, SAME.astype(np.int64), mask_same_category_negatives=True)(POINTS, _toy_batch())
+    assert out["superpixel_superpoint"].item() == pytest.approx(0.0, abs=1e-12)
