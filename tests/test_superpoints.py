@@ -128,8 +128,15 @@ def test_features_round_trip_and_corrupt_file(tmp_path):
     np.testing.assert_allclose(back.superpoint_feature.astype(np.float32), feats)
     assert back.stats == sp.stats
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(DataError, match="corrupt"):
+    with pytest.raises(DataError, match=r"^superpoints file .*sp.npz is corrupt"):
         load_superpoints(path)
+    with pytest.raises(DataError, match=r"^superpoints missing: .*nothing.npz$"):
+        load_superpoints(tmp_path / "nothing.npz")
+    from ssov_train.io import save_npz_atomic
+
+    save_npz_atomic(tmp_path / "other.npz", meta=np.array(json.dumps({"format": "ssov-teacher", "version": 1})))
+    with pytest.raises(DataError, match=r"other.npz: not an ssov superpoints file of version 1$"):
+        load_superpoints(tmp_path / "other.npz")
 
 
 class _Reader:
