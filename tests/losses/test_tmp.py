@@ -306,3 +306,13 @@ def test_tmp_loss_same_category_as_integer_matrix():
     # a 0/1 integer matrix is read as booleans: both kept superpoints are category 0, so the masked InfoNCE is 0
     out = TMPLoss(TEXT, SAME.astype(np.int64), mask_same_category_negatives=True)(POINTS, _toy_batch())
     assert out["superpixel_superpoint"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_losses_follow_the_device_of_their_inputs():
+    # PyTorch's meta device stands in for a GPU: every tensor the losses make must be created on the inputs' device
+    # (a CPU helper tensor mixed with meta ones raises).
+    k, q = torch.zeros(3, 2, device="meta"), torch.zeros(3, 2, device="meta")
+    cpu_mask = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    assert superpixel_superpoint_loss(k, q, 0.5, cpu_mask).device.type == "meta"
+    assert superpixel_superpoint_loss(k, q, 0.5).device.type == "meta"
+    assert text_targets(TEXT.to("meta"), SAME).device.type == "meta"
