@@ -512,3 +512,24 @@ def test_run_per_sample_defaults_and_timing(tmp_path, capsys):
     assert result.done == ["s1"] and 0 < result.seconds <= elapsed
     assert read_manifest(tmp_path / "a" / "b", "all")["num_missing"] == 2
     assert "widgets 2/3: 100%" in capsys.readouterr().err
+
+
+def test_pixels_without_a_mask_do_not_pair(tmp_path):
+    # Mask id 0 = no mask: the left half of the image is uncovered, so only the right-half point pairs.
+    mask = np.zeros((100, 200), np.uint16)
+    mask[:, 100:] = 1
+    store = _store(tmp_path, {"c0": TeacherImage(mask, np.array([CAR], np.int32), np.ones(1, np.float32))})
+    sp = compute_superpoints(_frame([[10, 3, 0], [10, -3, 0]], [_camera("C", "c0", FRONT)]), store, DICT,
+                             ProjectionConfig(occlusion=False))
+    assert sp.pair_point.tolist() == [1] and sp.superpoint_mask.tolist() == [1]
+    assert sp.pseudo_label.tolist() == [0, DICT.eval_index("car")]
+
+
+def test_teacher_map_taller_than_wide(tmp_path):
+    # A 50 x 20 map for the 100 x 200 camera: rows scale by 1/2, columns by 1/10. Pixel (95, 10) of lidar point
+    # (10, 8.95, -4.55) -> map pixel (47, 1); the row index (47) is beyond the map's width (20).
+    mask = (np.arange(50 * 20).reshape(50, 20) + 1).astype(np.uint16)
+    store = _store(tmp_path, {"c0": TeacherImage(mask, np.full(1000, CAR, np.int32), np.ones(1000, np.float32))})
+    sp = compute_superpoints(_frame([[10, 8.95, -4.55]], [_camera("C", "c0", FRONT)]), store, DICT,
+                             ProjectionConfig(occlusion=False))
+    assert sp.pair_pixel.tolist() == [[95, 10]] and sp.pair_mask.tolist() == [1 + 47 * 20 + 1]
