@@ -316,3 +316,11 @@ def test_losses_follow_the_device_of_their_inputs():
     assert superpixel_superpoint_loss(k, q, 0.5, cpu_mask).device.type == "meta"
     assert superpixel_superpoint_loss(k, q, 0.5).device.type == "meta"
     assert text_targets(TEXT.to("meta"), SAME).device.type == "meta"
+
+
+def test_text_targets_rows_normalised_with_unequal_row_sums():
+    # One category of three prompts t0 = (1, 0), t1 = (0.6, 0.8), t2 = (0, 1): cosines 0.6 (t0, t1), 0 (t0, t2),
+    # 0.8 (t1, t2). Unnormalised rows: (1, 0.48, 0), (0.48, 1, 0.64), (0, 0.64, 1) with sums 1.48, 2.12, 1.64.
+    y = text_targets(TEXT[:3], np.ones((3, 3), bool))
+    expected = torch.tensor([[1 / 1.48, 0.48 / 1.48, 0], [0.48 / 2.12, 1 / 2.12, 0.64 / 2.12], [0, 0.64 / 1.64, 1 / 1.64]])
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
