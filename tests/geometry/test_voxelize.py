@@ -158,12 +158,18 @@ def test_grid_index_bound_is_inclusive_at_2_pow_30():
         voxelize(np.array([[-(2.0**30) - 128, 0, 0]], dtype=np.float32), VoxelConfig("cartesian", (1, 1, 1)))
 
 
-def test_grid_of_2_pow_62_cells_is_refused():
+@pytest.mark.parametrize("big_axis", [0, 1, 2])
+def test_grid_of_2_pow_62_cells_is_refused(big_axis):
+    # 2^22 cells along one axis, 2^20 along the others: 2^62 cells, refused; 16 cells fewer along another axis fits.
     cfg = VoxelConfig("cartesian", (1, 1, 1))
-    corner = [2.0**22 - 0.5, 2.0**20 - 0.5, 2.0**20 - 0.5]  # shape 2^22 x 2^20 x 2^20 = 2^62 cells
-    with pytest.raises(DataError, match=r"voxelize: grid of \[4194304, 1048576, 1048576\] cells is too large for packed keys"):
+    corner = [2.0**20 - 0.5] * 3
+    corner[big_axis] = 2.0**22 - 0.5
+    shape = [2**20] * 3
+    shape[big_axis] = 2**22
+    with pytest.raises(DataError, match=rf"voxelize: grid of \[{shape[0]}, {shape[1]}, {shape[2]}\] cells is too large "
+                                        "for packed keys"):
         voxelize(np.array([[0.5, 0.5, 0.5], corner], dtype=np.float32), cfg)
-    corner[2] = 2.0**20 - 16.5  # 16 cells fewer in z: fits
+    corner[(big_axis + 1) % 3] -= 16
     assert voxelize(np.array([[0.5, 0.5, 0.5], corner], dtype=np.float32), cfg).num_voxels == 2
 
 
