@@ -275,7 +275,7 @@ def run_per_sample(tokens: list[str], compute: Callable[[str, Path], None], out_
     return result
 
 
-def _check_settings(out_dir: Path, settings: dict, overwrite: bool, what: str = "superpoints") -> None:
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool, what: str) -> None:
     """Resuming must not mix samples made with other settings into one output directory."""
     path = out_dir / "settings.json"
     if path.exists() and not overwrite:

@@ -101,3 +101,30 @@ def test_gradcheck_segmentation_loss():
     labels = torch.tensor([0, 1, 2, 3, 1, 1, 0, 2, 3, 3, 1, 2])
     loss = SegmentationLoss()
     assert torch.autograd.gradcheck(lambda x: loss(x, labels)["total"], (logits,))
+
+
+def test_bad_shapes_are_refused_with_the_shapes():
+    with pytest.raises(ValueError, match=r"lovasz_softmax expects probs \(V, C\) and labels \(V,\), got \(3, 2, 1\) "
+                                         r"and \(3,\)"):
+        lovasz_softmax(PROBS[:, :, None], LABELS)
+    with pytest.raises(ValueError, match=r"got \(3, 2\) and \(2,\)"):
+        lovasz_softmax(PROBS, LABELS[:2])
+    with pytest.raises(ValueError, match=r"got \(3, 2\) and \(3, 1\)"):
+        lovasz_softmax(PROBS, LABELS[:, None])
+    with pytest.raises(ValueError, match="classes must be 'present', 'all' or a list of class ids, got 'some'"):
+        lovasz_softmax(PROBS, LABELS, classes="some")
+
+
+def test_single_voxel_and_empty_class_list():
+    # one voxel of class 1 with p = 0.3: the only prefix has J = 1 - 0/1 -> loss = error 0.7
+    probs = torch.tensor([[0.7, 0.3]], dtype=torch.float64)
+    assert lovasz_softmax(probs, torch.tensor([1])).item() == pytest.approx(0.7, rel=1e-12)
+    # no class to average over: 0 (not the sum of the probabilities)
+    assert lovasz_softmax(PROBS, LABELS, classes=[]).item() == 0.0
+
+
+def test_lovasz_grad_longer_chain():
+    # gt (0, 1, 1, 0, 1), |class| = 3: J after each prefix = 1 - 3/4, 1 - 2/4, 1 - 1/4, 1 - 1/5, 1 - 0/5
+    g = lovasz_grad(torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    j = [1 / 4, 2 / 4, 3 / 4, 4 / 5, 1.0]
+    torch.testing.assert_close(g, torch.tensor([j[0]] + [j[i] - j[i - 1] for i in range(1, 5)], dtype=torch.float64))

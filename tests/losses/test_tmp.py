@@ -99,8 +99,8 @@ def _toy_batch() -> TMPBatch:
                     superpoint_scan=torch.zeros(3, dtype=torch.long))
 
 
-def test_tmp_loss_total_hand_value_and_skips_empty_superpoints():
-    tau = 0.07
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_tmp_loss_total_hand_value_and_skips_empty_superpoints(tau):
     out = TMPLoss(TEXT, SAME, tau=tau)(POINTS, _toy_batch())
     k0, k1 = (2 / C3, 1 / C3), (0.6 / C1, 0.8 / C1)
     ip = (lse(k0[0] / tau, k0[1] / tau) - k0[0] / tau + lse(k1[0] / tau, k1[1] / tau) - k1[1] / tau) / 2
@@ -136,7 +136,7 @@ def test_tmp_loss_no_superpoint_is_zero_with_grad():
                      superpoint_prompt=torch.tensor([1]), superpoint_feature=torch.ones(1, 2),
                      superpoint_scan=torch.zeros(1, dtype=torch.long))
     out = TMPLoss(TEXT, SAME)(feats, batch)
-    assert out["total"].item() == 0.0
+    assert {k: v.item() for k, v in out.items()} == {"total": 0.0, "superpixel_superpoint": 0.0, "text_superpoint": 0.0}
     out["total"].backward()
     assert torch.equal(feats.grad, torch.zeros_like(feats))
 
@@ -189,6 +189,7 @@ B = _sample("b", 2, [0, 1, 1], [0, 1, 2], [3, 4, 9], [[1, 1], [2, 0], [0, 2]])
 
 def test_batch_offsets_superpoint_ids_and_points():
     b = batch_superpoints([A, B])
+    assert b.pair_point.dtype == torch.int64 and b.pair_superpoint.dtype == torch.int64
     assert b.pair_point.tolist() == [0, 1, 2, 3, 4, 4]
     assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4]
     assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9]
@@ -220,3 +221,106 @@ def test_batch_offsets_follow_point_counts_not_pairing_counts():
     assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9]
     assert b.superpoint_scan.tolist() == [0, 0, 1, 1, 1]
     assert b.superpoint_feature.tolist() == [[1, 0], [0, 1], [1, 1], [2, 0], [0, 2]]
+
+
+def test_batch_with_point_rows_keeps_long_ids_and_float32_features():
+    # point_rows as int32 arrays (as a voxelizer's inverse map may come): the batch ids are still int64.
+    b = batch_superpoints([A, B], point_rows=[np.array([2, 0, 1], np.int32), np.array([4, 3], np.int32)])
+    assert b.pair_point.tolist() == [2, 0, 1, 4, 3, 3]
+    assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4]
+    dtypes = {f: getattr(b, f).dtype for f in ("pair_point", "pair_superpoint", "superpoint_prompt", "superpoint_scan")}
+    assert dtypes == dict.fromkeys(dtypes, torch.int64)
+    assert b.superpoint_feature.dtype == torch.float32 and b.num_superpoints == 5
+
+
+def test_batch_input_errors_name_the_problem():
+    with pytest.raises(ValueError, match="^batch_superpoints needs at least one sample$"):
+        batch_superpoints([])
+    with pytest.raises(ValueError, match="point_rows has 1 entries for 2 samples"):
+        batch_superpoints([A, B], point_rows=[np.arange(3)])
+    with pytest.raises(ValueError, match=r"point_rows\[1\] has 3 entries, sample b has 2 points"):
+        batch_superpoints([A, B], point_rows=[np.arange(3), np.arange(3)])
+    with pytest.raises(DataError, match="superpoints of sample c have no mask features; TMP needs a teacher that "
+                                        "stores them"):
+        batch_superpoints([_sample("c", 1, [0], [0], [1], None)])
+
+
+def test_batch_to_moves_every_field():
+    b = batch_superpoints([A, B]).to("meta")  # the meta device: a move without a GPU
+    for f in ("pair_point", "pair_superpoint", "superpoint_prompt", "superpoint_feature", "superpoint_scan"):
+        assert getattr(b, f).device.type == "meta", f
+    assert b.pair_point.shape == (6,) and b.superpoint_feature.shape == (5, 2)
+
+
+def test_default_temperature_is_0_07():
+    k = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    k2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # k2 q^T = [[1, 0.6], [0, 0.8]]
+    expected = (lse(1 / 0.07, 0.6 / 0.07) - 1 / 0.07 + lse(0.0, 0.8 / 0.07) - 0.8 / 0.07) / 2
+    assert superpixel_superpoint_loss(k2, q).item() == pytest.approx(expected, rel=1e-12)
+    targets = text_targets(TEXT, SAME).double()
+    logits = [1 / 0.07, 0.6 / 0.07, 0.0, -0.6 / 0.07]
+    z = lse(*logits)
+    text_expected = -(1.0 / 1.48) * (logits[0] - z) - (0.48 / 1.48) * (logits[1] - z)
+    assert text_superpoint_loss(k, torch.tensor([0]), TEXT, targets).item() == pytest.approx(text_expected, rel=1e-6)
+    assert TMPLoss(TEXT, SAME).tau == 0.07
+
+
+def test_text_targets_default_weights_and_bad_shape():
+    # alpha_onehot 0.2, alpha_text 0.8: row 0 = (0.2 + 0.8, 0.8 * 0.6) / 1.48 -- checked in the formula test above;
+    # here other weights: alpha_onehot 1, alpha_text 1 -> row 0 = (2, 0.6) / 2.6
+    y = text_targets(TEXT, SAME, alpha_onehot=1.0, alpha_text=1.0)
+    torch.testing.assert_close(y[0], torch.tensor([2 / 2.6, 0.6 / 2.6, 0, 0]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"same_category must be \(4, 4\), got \(4, 3\)"):
+        text_targets(TEXT, SAME[:, :3])
+    with pytest.raises(ValueError, match=r"same_category must be \(4, 4\), got \(3, 4\)"):
+        text_targets(TEXT, SAME[:3])
+
+
+def test_tmp_loss_weights_and_single_superpoint():
+    # alpha_image 1, alpha_text 0: the total is the InfoNCE alone; a batch with one superpoint has InfoNCE 0
+    batch = _toy_batch()
+    plain = TMPLoss(TEXT, SAME)(POINTS, batch)
+    image_only = TMPLoss(TEXT, SAME, alpha_image=1.0, alpha_text=0.0)(POINTS, batch)
+    assert image_only["total"].item() == pytest.approx(plain["superpixel_superpoint"].item(), rel=1e-12)
+    text_only = TMPLoss(TEXT, SAME, alpha_image=0.0, alpha_text=2.0)(POINTS, batch)
+    assert text_only["total"].item() == pytest.approx(2 * plain["text_superpoint"].item(), rel=1e-12)
+    one = TMPBatch(pair_point=torch.tensor([2]), pair_superpoint=torch.tensor([0]), superpoint_prompt=torch.tensor([1]),
+                   superpoint_feature=torch.tensor([[0.0, 5.0]]), superpoint_scan=torch.zeros(1, dtype=torch.long))
+    out = TMPLoss(TEXT, SAME)(POINTS, one)
+    assert out["superpixel_superpoint"].item() == pytest.approx(0.0, abs=1e-12)
+    assert out["text_superpoint"].item() > 0
+
+
+def test_batch_offsets_accumulate_over_three_scans():
+    # a (3 points, 2 used superpoints), b (2 points, 3), a again: the third scan starts after 3 + 2 points and
+    # 2 + 3 superpoints (a running sum, not the previous scan's count alone).
+    b = batch_superpoints([A, B, A])
+    assert b.pair_point.tolist() == [0, 1, 2, 3, 4, 4, 5, 6, 7]
+    assert b.pair_superpoint.tolist() == [0, 1, 1, 2, 3, 4, 5, 6, 6]
+    assert b.superpoint_scan.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert b.superpoint_prompt.tolist() == [5, 7, 3, 4, 9, 5, 7]
+
+
+def test_tmp_loss_same_category_as_integer_matrix():
+    # a 0/1 integer matrix is read as booleans: both kept superpoints are category 0, so the masked InfoNCE is 0
+    out = TMPLoss(TEXT, SAME.astype(np.int64), mask_same_category_negatives=True)(POINTS, _toy_batch())
+    assert out["superpixel_superpoint"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_losses_follow_the_device_of_their_inputs():
+    # PyTorch's meta device stands in for a GPU: every tensor the losses make must be created on the inputs' device
+    # (a CPU helper tensor mixed with meta ones raises).
+    k, q = torch.zeros(3, 2, device="meta"), torch.zeros(3, 2, device="meta")
+    cpu_mask = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    assert superpixel_superpoint_loss(k, q, 0.5, cpu_mask).device.type == "meta"
+    assert superpixel_superpoint_loss(k, q, 0.5).device.type == "meta"
+    assert text_targets(TEXT.to("meta"), SAME).device.type == "meta"
+
+
+def test_text_targets_rows_normalised_with_unequal_row_sums():
+    # One category of three prompts t0 = (1, 0), t1 = (0.6, 0.8), t2 = (0, 1): cosines 0.6 (t0, t1), 0 (t0, t2),
+    # 0.8 (t1, t2). Unnormalised rows: (1, 0.48, 0), (0.48, 1, 0.64), (0, 0.64, 1) with sums 1.48, 2.12, 1.64.
+    y = text_targets(TEXT[:3], np.ones((3, 3), bool))
+    expected = torch.tensor([[1 / 1.48, 0.48 / 1.48, 0], [0.48 / 2.12, 1 / 2.12, 0.64 / 2.12], [0, 0.64 / 1.64, 1 / 1.64]])
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
