@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -149,3 +150,43 @@ def test_fold_applies_eval_batchnorm_by_hand():
 def test_unknown_flavour_is_refused():
     with pytest.raises(ValueError, match="graph flavour must be one of"):
         build_graph(tiny_model(0), {}, flavour="fast")
+
+
+LAYER = r"(stem|down\d|up\d|(enc|dec)\db\d_(c1|c2|proj)|head)"
+RULEBOOK = r"(subm|down|up)\d"
+# what each op's node is called: <layer>_<role>_<n> (or <rulebook>_<role>_<n>); ops without a role keep their type
+NODE_NAMES = {
+    "Concat": rf"{LAYER}_(pad|bands)|{RULEBOOK}_out\d_ones_shape|skip\d|(enc|dec)\db\d_res",
+    "Gather": rf"reorder|{LAYER}_(gather|wsel|collect)|logits",
+    "MatMul": rf"{LAYER}_(msg|sum)|matmul",
+    "Reshape": rf"{LAYER}_(flat|slab|rows)|{RULEBOOK}_to_col",
+    "Add": rf"{LAYER}_(out|res)|(enc|dec)\db\d_res",
+    "Gemm": "gemm", "Relu": "relu", "Shape": "shape", "ReduceL2": "reducel2", "Max": "max", "Div": "div",
+    "Slice": rf"{RULEBOOK}_out\d_width", "ConstantOfShape": rf"{RULEBOOK}_out\d_ones",
+    "ScatterND": rf"{LAYER}_out", "Cast": rf"{RULEBOOK}_to64", "Identity": "logits",
+}
+INITIALIZER_NAMES = rf"{LAYER}_(w|wc|b)_\d+|zero_row\d+_\d+|i64_(m?\d+_?)+|eps|one|zero"
+
+
+@pytest.mark.parametrize("flavour", ["portable", "cpu"])
+def test_node_and_initializer_names_say_their_layer_and_role(scan, flavour):
+    """What an onnxruntime profile, Netron or a TensorRT layer report shows: every node is named after its layer
+    (stem, down0, enc0b0_c1, ..., head) or rulebook and its role, numbered once; small int64 constants (shapes,
+    axes) are stored once each, named by value."""
+    import re
+
+    model = tiny_model(seed=1, normalize=True)
+    graph = build_graph(model, build_kernel_maps(scan[0]).chunks(), flavour=flavour).graph
+    names = [n.name for n in graph.node]
+    assert len(set(names)) == len(names)
+    for node in graph.node:
+        root = node.name if node.name == "logits" else re.sub(r"_\d+$", "", node.name)
+        assert re.fullmatch(NODE_NAMES[node.op_type], root), (node.op_type, node.name)
+        assert list(node.output) == [node.name]
+    inits = [i.name for i in graph.initializer]
+    for name in inits:
+        assert re.fullmatch(INITIALIZER_NAMES, name) or re.fullmatch(r"(eps|one|zero)_\d+", name), name
+    small = [tuple(numpy_helper.to_array(i).reshape(-1)) for i in graph.initializer
+             if i.data_type == onnx.TensorProto.INT64]
+    assert len(small) == len(set(small))  # each shape / axes value once
+    assert {"i64_m1_4", "i64_0_m1"} <= set(inits)  # Reshape targets [-1, C] (C = 4 here) and [0, -1]

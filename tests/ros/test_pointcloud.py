@@ -196,8 +196,11 @@ def test_to_ros_cloud_builds_the_message_by_hand():
     cols["y"][3] = 0
     organised = to_ros_cloud(header, cols, height=2)
     assert (organised.height, organised.width, organised.row_step) == (2, 2, 28) and organised.is_dense is True
+    assert type(organised.width) is int and type(organised.row_step) is int  # uint32 fields
     assert to_ros_cloud(header, cols, is_dense=False).is_dense is False
     assert to_ros_cloud(header, {"intensity": np.array([np.nan], np.float32)}).is_dense is True  # no x, y, z
+    # only x, y and z count: a NaN in another column (even one called "X") leaves the cloud dense
+    assert to_ros_cloud(header, {**cols, "X": np.full(4, np.nan, np.float32)}).is_dense is True
     for bad in (3, 0):
         with pytest.raises(CloudError, match=f"cannot shape 4 points into {bad} rows"):
             to_ros_cloud(header, cols, height=bad)

@@ -292,3 +292,14 @@ def test_time_jump_detector_by_hand():
     assert not d.jumped_back(9 * S)  # exactly the tolerance back: not a jump
     assert d.last_ns == 9 * S
     assert d.jumped_back(8 * S - 1) and d.last_ns == 8 * S - 1
+
+
+def test_only_a_leading_slash_is_dropped_from_frame_ids():
+    """tf2 frame ids lose a leading "/" and nothing else (an Xsens IMU's frame starts with an X)."""
+    buf = TransformBuffer()
+    assert buf.add_tf_message(NS(transforms=[_ts("/Xsens_base", "/Xsens_imu", 0, (1, 0, 0), (0, 0, 0, 1))]),
+                              static=True) == 1
+    assert buf.frames() == {"Xsens_base", "Xsens_imu"}
+    pose = NS(pose=NS(position=NS(x=1, y=0, z=0), orientation=NS(x=0, y=0, z=0, w=1)))
+    odom = NS(header=NS(frame_id="/XYZ_odom", stamp=NS(sec=1, nanosec=0)), child_frame_id="/Xsens_base", pose=pose)
+    assert buf.add_odometry(odom) == ("XYZ_odom", "Xsens_base")

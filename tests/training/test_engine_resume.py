@@ -6,6 +6,7 @@ what is refused is refused with one clear error. The real-data kill -9 / Ctrl-C 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -161,15 +162,18 @@ def test_a_finished_run_resumes_to_nothing_more(tmp_path):
 
 def test_refusals_name_the_problem(tmp_path):
     cfg = config(tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"--resume: nothing to resume in .*run \(no last\.pt\)"):
+    with pytest.raises(ConfigError, match=rf"^--resume: nothing to resume in {re.escape(str(cfg.output))} \(no last\.pt\)$"):
         train(TinyTask(cfg), resume=True, progress=False)
     with pytest.raises(Interrupted):
         train(TinyTask(cfg), progress=False, on_step=stop_after(4))
-    with pytest.raises(ConfigError, match=r"run already holds a run \(last\.pt\); pass --resume"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(cfg.output))} already holds a run \(last\.pt\); pass --resume to "
+                                             r"continue it or choose another output directory$"):
         train(TinyTask(cfg), progress=False)
     # a changed learning rate would train other weights: refused, naming the key
     other = replace(cfg, optim=replace(cfg.optim, lr=0.1))
-    with pytest.raises(ConfigError, match=r"was written by a run with another config \(optim\.lr differs\)"):
+    with pytest.raises(ConfigError, match=rf"^--resume: {re.escape(str(cfg.output / LAST))} was written by a run with another "
+                                             r"config \(optim\.lr differs\); resume with the original config or "
+                                             r"start a new run directory$"):
         train(TinyTask(other), resume=True, progress=False)
     # the keys that do not change the weights may change
     fine = replace(cfg, keep_checkpoints=1, optim=replace(cfg.optim, num_workers=1))
