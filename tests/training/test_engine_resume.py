@@ -90,6 +90,16 @@ def logged(run_dir: Path) -> list[tuple[int, int, str]]:
         return [(int(r["step"]), int(r["epoch"]), r["name"]) for r in csv.DictReader(f)]
 
 
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} as TensorBoard shows the run (events of a resumed writer's purge_step and later
+    from the interrupted writer are dropped, as TensorBoard drops them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 3-epoch run: (its task, its result, its last checkpoint)."""
@@ -115,7 +125,7 @@ def test_an_uninterrupted_run_by_hand(reference):
     assert [(s, e) for s, e, _ in lr0] == [(3, 1), (6, 2), (9, 3)]
 
 
-@pytest.mark.parametrize("stop", [1, 3, 4, 8])
+@pytest.mark.parametrize("stop", [3, 5])  # at the end of epoch 1 (not saved yet), mid-epoch 2
 def test_a_run_stopped_after_any_step_and_resumed_ends_as_the_uninterrupted_one(tmp_path, reference, stop):
     ref_task, ref_result, ref_last = reference
     cfg = config(tmp_path / "run")
@@ -147,6 +157,13 @@ def test_a_run_stopped_after_any_step_and_resumed_ends_as_the_uninterrupted_one(
     assert torch.equal(last["rng"]["torch"], ref_last["rng"]["torch"])
     # the log holds every step once: what the stopped run logged after its checkpoint is gone
     assert logged(cfg.output) == logged(Path(ref_result["run_dir"]))
+    # TensorBoard too: steps after the checkpoint written by the stopped run are purged, none before
+    ours, theirs = tensorboard_scalars(cfg.output), tensorboard_scalars(Path(ref_result["run_dir"]))
+    assert set(ours) == set(theirs) == {"train/total", "train/abs", "lr/group0", "lr/group1"}
+    assert [s for s, _ in ours["train/total"]] == list(range(1, 10))
+    for tag, values in theirs.items():
+        assert [s for s, _ in ours[tag]] == [s for s, _ in values], tag
+        np.testing.assert_allclose([v for _, v in ours[tag]], [v for _, v in values], rtol=1e-6, err_msg=tag)
 
 
 def test_a_finished_run_resumes_to_nothing_more(tmp_path):
