@@ -170,7 +170,8 @@ def run_module(name: str, root: Path, max_children: int, survivors: bool = False
     tested = stats["total"] - stats["skipped"]
     killed = stats["killed"] + stats["timeout"]
     n_equivalent = sum(m in equivalent for m in survivors)
-    files = [f"{f} ({', '.join(module.functions)})" if module.functions else f for f in module.files]
+    files = [f"{f} ({', '.join(fn.rstrip('.') for fn in module.functions)})" if module.functions else f
+             for f in module.files]
     result = dict(module=name, files=files, tests=list(module.tests), tested=tested, killed=killed,
                   score=killed / tested if tested else 0.0,
                   score_without_equivalent=killed / (tested - n_equivalent) if tested > n_equivalent else 0.0,
