@@ -151,19 +151,23 @@ def run_module(name: str, root: Path, max_children: int, survivors: bool = False
             print(f"mutation {name}: no survivor to re-run", flush=True)
             return json.loads((root / f"{name}.json").read_text())
     work = _scratch(name, module, root, fresh=not survivors)
-    # mutmut's own summary line goes to the terminal; the numbers come from its stats export
+    # mutmut's own summary line goes to the terminal; the numbers come from its results listing
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *rerun],
                          cwd=work, text=True)
     if run.returncode != 0:
         raise SystemExit(f"mutmut run failed for {name} (in {work})")
-    _mutmut(work, "export-cicd-stats")
-    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     listing = _mutmut(work, "results", "--all", "true")
     statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    # a test process killed by a signal under a mutant (SIGSEGV, SIGABRT: an out-of-bounds write reaching a
+    # compiled kernel) failed its tests: mutmut files it as "segfault" / "suspicious", counted here as killed
+    for meta in (work / "mutants").glob("**/*.py.meta"):
+        for m, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+            if code is not None and code < 0 and code != -24 and m in statuses:  # -24: SIGXCPU, a timeout
+                statuses[m] = "killed"
     if patterns:  # count the selected functions' mutants only (the others stay "not checked")
         statuses = {m: s for m, s in statuses.items() if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
-        stats = {"total": len(statuses), **{key: sum(s == status for s in statuses.values()) for key, status in
-                                            (("skipped", "skipped"), ("killed", "killed"), ("timeout", "timeout"))}}
+    stats = {"total": len(statuses), **{key: sum(s == key for s in statuses.values())
+                                        for key in ("skipped", "killed", "timeout")}}
     equivalent = _equivalent()
     survivors = sorted(m for m, s in statuses.items() if s not in ("killed", "timeout", "skipped"))
     diffs = _diffs(work, survivors)

@@ -120,6 +120,7 @@ def test_pairs_are_exactly_the_occupied_neighbours():
     # rows are sorted by decreasing neighbour count, so the bands are narrow where most rows are
     assert np.all(np.diff(counts) <= 0)
     assert np.array_equal(maps.order[maps.restore], np.arange(len(coords)))
+    assert all(c.dtype == np.int64 for c in maps.level_coords)  # grid indices stay integers at every level
 
 
 def test_inputs_are_int32_and_named(scan):
