@@ -56,6 +56,7 @@ from ssov_train.openvocab.query import TextQuery, prepare_query
 from .overlay import camera_from_info, decode_image, image_to_ros, render_overlay
 from .params import (DEFAULT_MODEL, NodeConfig, ParamSpec, from_flat, parameter_table, resolve_model_path,
                      ros_values, unknown_parameters)
+from .output_cloud import segmented_cloud, similarity_columns
 from .pointcloud import CloudError, read_cloud, rgb_packed, to_ros_cloud
 from .shutdown import stop_on_signals
 from .sync import ApproximateSync
@@ -574,26 +575,12 @@ class SegmenterNode(Node):
         timings, cloud, valid_idx, query = ctx.timings, ctx.cloud, ctx.valid_idx, ctx.query
         timings.update(result.timings_ms)
         t = time.perf_counter()
-        n = cloud.num_points
-        labels = np.zeros(n, dtype=np.uint32)
-        scores = np.zeros(n, dtype=np.float32)
-        labels[valid_idx] = result.labels
-        scores[valid_idx] = result.scores
-        keep = valid_idx if self.cfg.input.drop_invalid_points else slice(None)
-        columns = {"x": cloud.xyz[keep, 0], "y": cloud.xyz[keep, 1], "z": cloud.xyz[keep, 2],
-                   "intensity": cloud.intensity[keep], "label": labels[keep], "score": scores[keep],
-                   "rgb": self._rgb_lut[labels[keep]]}
-        organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
-        # every kept point has finite x, y, z when invalid points are dropped; read_cloud already knows otherwise
-        dense = self.cfg.input.drop_invalid_points or bool(cloud.valid.all())
-        out = to_ros_cloud(ctx.msg_header, columns, height=cloud.height if organised else 1, is_dense=dense)
-        self.pub_points.publish(out)
+        out = segmented_cloud(cloud, valid_idx, result.labels, result.scores, self._rgb_lut,
+                              self.cfg.input.drop_invalid_points)
+        self.pub_points.publish(to_ros_cloud(ctx.msg_header, out.columns, height=out.height, is_dense=out.is_dense))
         if query is not None:
-            similarity = np.zeros(n, dtype=np.float32)  # invalid points score 0, like their label
-            similarity[valid_idx] = query.score(result)
-            self.pub_query.publish(to_ros_cloud(ctx.msg_header, {"x": columns["x"], "y": columns["y"],
-                                                                 "z": columns["z"], "similarity": similarity[keep]},
-                                                height=cloud.height if organised else 1, is_dense=dense))
+            self.pub_query.publish(to_ros_cloud(ctx.msg_header, similarity_columns(out, valid_idx, query.score(result)),
+                                                height=out.height, is_dense=out.is_dense))
             with self._lock:
                 self._stats["query_frames"] += 1
         frame = ctx.msg_header.frame_id
@@ -606,7 +593,7 @@ class SegmenterNode(Node):
             cameras = cameras + self._match_cameras(ctx.t_ns, frame, ctx.late_cameras, report=True)[0]
         if cameras:
             t = time.perf_counter()
-            self._publish_overlays(cameras, ctx.xyz, labels[valid_idx])
+            self._publish_overlays(cameras, ctx.xyz, result.labels)  # the valid points' labels
             timings["overlay"] = (time.perf_counter() - t) * 1000
 
         total = (time.perf_counter() - ctx.t0) * 1000  # cloud arrival to published, hand-off wait included

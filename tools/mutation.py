@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import configparser
+import fnmatch
 import json
 import os
 import re
@@ -43,6 +44,16 @@ class Module:
     # Decorators (as written, e.g. "jit", "numba.njit") of the numba kernels in ``files`` that are mutated too,
     # compiled (see rewrite_kernels and tools/mutation_kernels.py); empty: decorated kernels are not mutated.
     kernels: tuple[str, ...] = ()
+    # Only these functions of the files (by name; "Class." for all of a class's methods), when the critical part
+    # is a few functions of a larger file: the other functions' mutants are neither run nor counted.
+    functions: tuple[str, ...] = ()
+
+    def mutant_patterns(self) -> list[str]:
+        """mutmut's mutant-name patterns (fnmatch) of ``functions``: ``pkg.mod.x_func__mutmut_*`` for a function,
+        ``pkg.mod.xǁClassǁ*`` for a class."""
+        modules = [f.removesuffix(".py").replace("/", ".") for f in self.files]
+        return [f"{m}.xǁ{fn[:-1]}ǁ*" if fn.endswith(".") else f"{m}.x_{fn}__mutmut_*"
+                for m in modules for fn in self.functions]
 
 
 JIT = ("jit", "fast_jit", "inline")  # ssov_train/jit.py's decorators
@@ -56,16 +67,17 @@ MODULES: dict[str, Module] = {
     "voxelize": Module(("ssov_train/geometry/voxelize.py",), ("tests/geometry/test_voxelize.py",)),
     "kdtree": Module(("ssov_train/geometry/kdtree.py",), ("tests/geometry/test_kdtree.py",), kernels=JIT),
     "sampling": Module(("ssov_train/geometry/sampling.py",), ("tests/geometry/test_sampling.py",), kernels=JIT),
-    "kernel_maps": Module(("ssov_export/kernel_maps.py",), ("tests/export/test_kernel_maps.py",)),
-    "onnx_graph": Module(("ssov_export/onnx_graph.py",), ("tests/export/test_onnx_export.py",
-                                                         "tests/export/test_kernel_maps.py")),
+    "kernel_maps": Module(("ssov_export/kernel_maps.py",), ("tests/export/test_kernel_maps.py",
+                                                           "tests/export/test_kernel_maps_compiled.py")),
+    "onnx_graph": Module(("ssov_export/onnx_graph.py",), ("tests/export/test_onnx_graph.py",)),
     "pointcloud": Module(("ssov_ros/pointcloud.py",), ("tests/ros/test_pointcloud.py",)),
     "tf_buffer": Module(("ssov_ros/tf_buffer.py",), ("tests/ros/test_tf_buffer.py",)),
     "checkpoint": Module(("ssov_train/training/checkpoint.py",), ("tests/training/test_checkpoint.py",)),
-    "engine": Module(("ssov_train/training/engine.py",), ("tests/training/test_resume.py",
-                                                         "tests/training/test_stages.py")),
+    # the resume / checkpoint-restore part of the training loop
+    "engine_resume": Module(("ssov_train/training/engine.py",), ("tests/training/test_engine_resume.py",),
+                            functions=("_resume_state", "_restore", "_comparable_config", "RunLogger.")),
     "metrics": Module(("ssov_train/evaluation/metrics.py",), ("tests/evaluation/test_evaluate.py",)),
-    "node_output": Module(("ssov_ros/node.py",), ("tests/ros/test_node.py",)),
+    "node_output": Module(("ssov_ros/output_cloud.py",), ("tests/ros/test_output_cloud.py",)),
 }
 
 
@@ -101,10 +113,17 @@ def rewrite_kernels(source: str, decorators: tuple[str, ...], package: str) -> s
     return "".join(lines)
 
 
-def _scratch(name: str, module: Module, root: Path) -> Path:
-    """A copy of the tracked files with setup.cfg's [mutmut] section completed for ``module``."""
+def _scratch(name: str, module: Module, root: Path, fresh: bool = True) -> Path:
+    """A copy of the tracked files with setup.cfg's [mutmut] section completed for ``module``; ``fresh=False``
+    refreshes an earlier copy (tests written since) and keeps mutmut's results in it."""
     work = root / name
-    shutil.rmtree(work, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        changed = [f for f in module.files if (REPO / f).read_bytes() != (work / f).read_bytes()]
+        if changed:
+            raise SystemExit(f"{', '.join(changed)} changed since the last run of {name}: its mutants are "
+                             f"numbered anew, run the module in full")
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            check=True, capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):
@@ -164,11 +183,25 @@ def _equivalent() -> dict[str, str]:
     return out
 
 
-def run_module(name: str, root: Path, max_children: int) -> dict:
-    work = _scratch(name, MODULES[name], root)
+def run_module(name: str, root: Path, max_children: int, survivors: bool = False) -> dict:
+    module = MODULES[name]
+    patterns = module.mutant_patterns()
+    rerun = patterns
+    if survivors:  # the last run's survivors (less the equivalent ones) and what it left unchecked, tests as now
+        if not (root / name / "mutants").is_dir():
+            raise SystemExit(f"--survivors: no earlier run of {name} in {root}")
+        listing = _mutmut(root / name, "results", "--all", "true")
+        equivalent = _equivalent()
+        rerun = [m for m, s in re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M)
+                 if s not in ("killed", "timeout", "skipped") and m not in equivalent
+                 and (not patterns or any(fnmatch.fnmatchcase(m, p) for p in patterns))]
+        if not rerun:
+            print(f"mutation {name}: no survivor to re-run", flush=True)
+            return json.loads((root / f"{name}.json").read_text())
+    work = _scratch(name, module, root, fresh=not survivors)
     # mutmut's own summary line goes to the terminal; the numbers come from its results listing
-    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
-                         text=True)
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *rerun],
+                         cwd=work, text=True)
     if run.returncode != 0:
         raise SystemExit(f"mutmut run failed for {name} (in {work})")
     return collect(name, root)
@@ -188,8 +221,11 @@ def collect(name: str, root: Path) -> dict:
     """The module's result from its scratch copy, as far as mutmut got: mutants it has not run yet (an
     interrupted run; ``--collect`` reads one) count as neither tested nor survived, and are reported."""
     module, work = MODULES[name], root / name
+    patterns = module.mutant_patterns()
     listing = _mutmut(work, "results", "--all", "true")
     statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    if patterns:  # count the selected functions' mutants only (the others stay "not checked")
+        statuses = {m: s for m, s in statuses.items() if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
     equivalent = _equivalent()
     not_run = sum(s == "not checked" for s in statuses.values())
     # A compiled kernel does no bounds checks: a mutant whose tests die of a signal (segfault, bus error, abort;
@@ -202,7 +238,9 @@ def collect(name: str, root: Path) -> dict:
     tested = sum(s not in ("skipped", "not checked") for s in statuses.values())
     killed = sum(s in detected for s in statuses.values())
     n_equivalent = sum(m in equivalent for m in survivors)
-    result = dict(module=name, files=list(module.files), tests=list(module.tests), tested=tested, killed=killed,
+    files = [f"{f} ({', '.join(fn.rstrip('.') for fn in module.functions)})" if module.functions else f
+             for f in module.files]
+    result = dict(module=name, files=files, tests=list(module.tests), tested=tested, killed=killed,
                   not_run=not_run, score=killed / tested if tested else 0.0,
                   score_without_equivalent=killed / (tested - n_equivalent) if tested > n_equivalent else 0.0,
                   survivors={m: dict(status=statuses[m], equivalent=equivalent.get(m), diff=diffs[m])
@@ -276,6 +314,10 @@ def main() -> int:
     ap.add_argument("--collect", action="store_true",
                     help="read the modules' results from their scratch copies as far as mutmut got (after an "
                          "interrupted run), without running mutmut")
+    ap.add_argument("--survivors", action="store_true",
+                    help="re-run only the survivors of each module's last run (after writing tests for them) and "
+                         "the mutants an interrupted run left unchecked, in its scratch copy with the tests "
+                         "refreshed; the module's source must be unchanged")
     args = ap.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -286,7 +328,7 @@ def main() -> int:
             if args.collect:
                 collect(name, args.work)
             else:
-                run_module(name, args.work, args.max_children)
+                run_module(name, args.work, args.max_children, args.survivors)
     write_doc(args.work)
     for p in sorted(args.work.glob("*.json")):
         r = json.loads(p.read_text())

@@ -167,8 +167,15 @@ def _epoch_summary(stage: str, epoch: int, epochs: int, train_loss: float, metri
     return f"{stage} epoch {epoch}/{epochs}: " + ", ".join(parts)
 
 
-def _resume_state(task: Task, run_dir: Path) -> dict:
+def _resume_state(task: Task, run_dir: Path, resume: bool) -> Optional[dict]:
+    """The checkpoint a run continues from: ``last.pt`` of ``run_dir`` with ``resume`` (written under the same
+    config, but for the keys in RESUME_MAY_CHANGE), None for a new run (whose directory must hold no run)."""
     path = run_dir / LAST
+    if not resume:
+        if path.exists():
+            raise ConfigError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it "
+                              "or choose another output directory")
+        return None
     if not path.exists():
         raise ConfigError(f"--resume: nothing to resume in {run_dir} (no {LAST})")
     ckpt = load_checkpoint(path, checkpoint_expectations(task.cfg, task.dictionary))
@@ -177,6 +184,16 @@ def _resume_state(task: Task, run_dir: Path) -> dict:
         raise ConfigError(f"--resume: {path} was written by a run with another config ({key} differs); "
                           "resume with the original config or start a new run directory")
     return ckpt
+
+
+def _restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, int]:
+    """Weights, optimiser, scheduler and torch RNG of a resumed run as its checkpoint holds them; returns the
+    (epochs done, global step) it had reached."""
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    return int(state["epoch"]), int(state["global_step"])
 
 
 # The validation metric that picks the best epoch, and whether higher is better.
@@ -252,14 +269,9 @@ def train(task: Task, resume: bool = False, progress: bool = True,
     epoch, step, saved_epoch = 0, 0, None
     running = 1  # the epoch in progress (training, validating or saving), for the Ctrl-C message
     try:
-        state = _resume_state(task, run_dir) if resume else None
+        state = _resume_state(task, run_dir, resume)
         saved_epoch = None if state is None else int(state["epoch"])
-        if state is None and (run_dir / LAST).exists():
-            raise ConfigError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it "
-                              "or choose another output directory")
         model = task.model
-        if state is not None:
-            model.load_state_dict(state["state_dict"])
         model.to(device.device)  # before the optimiser: its state follows the parameters' device
         task.criterion.to(device.device)  # TMP's text embeddings and targets
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -267,12 +279,9 @@ def train(task: Task, resume: bool = False, progress: bool = True,
                                     weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            epoch, step = _restore(state, model, optimizer, scheduler)
             if amp and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            epoch, step = int(state["epoch"]), int(state["global_step"])
-            restore_rng_state(state["rng"])
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,7 @@ def test_pairs_are_exactly_the_occupied_neighbours():
     # rows are sorted by decreasing neighbour count, so the bands are narrow where most rows are
     assert np.all(np.diff(counts) <= 0)
     assert np.array_equal(maps.order[maps.restore], np.arange(len(coords)))
+    assert all(c.dtype == np.int64 for c in maps.level_coords)  # grid indices stay integers at every level
 
 
 def test_inputs_are_int32_and_named(scan):
@@ -142,3 +145,58 @@ def test_bad_coordinates_are_refused():
         build_kernel_maps(np.array([[0, -1, 0]]))
     single = build_kernel_maps(np.array([[3, 4, 5]]))  # one voxel: every level has one site, no pairs
     assert single.level_sizes == [1] * NUM_LEVELS and single.subm[0].num_pairs == 0
+
+
+@pytest.mark.parametrize("num_pairs, kernel_volume, chunk", [
+    (0, 27, 16), (27 * 4 * 16, 27, 16), (27 * 4 * 22, 27, 16),  # at least MIN_CHUNK
+    (27 * 4 * 23, 27, 32), (27 * 4 * 45, 27, 32), (27 * 4 * 46, 27, 64),  # the power of 2 nearest to pairs / 4K
+    (27 * 4 * 362, 27, 256), (27 * 4 * 363, 27, 512), (27 * 4 * 100_000, 27, 512),  # at most MAX_CHUNK
+    (8 * 4 * 100, 8, 128),
+])
+def test_chunk_length_by_hand(num_pairs, kernel_volume, chunk):
+    """B = 2^round(log2(pairs / (4 K))), clipped to 16 .. 512 (log2 23 = 4.52 -> 32, log2 45 = 5.49 -> 32,
+    log2 46 = 5.52 -> 64, log2 362 = 8.4998 -> 256, log2 363 = 8.5038 -> 512)."""
+    from ssov_export.kernel_maps import _chunk_size
+
+    assert _chunk_size(num_pairs, kernel_volume) == chunk
+
+
+def band_cost(degree: np.ndarray, cuts: list[int]) -> int:
+    """Padded table size of bands cut at ``cuts``: rows x (largest degree in the band, at least 1)."""
+    bounds = [0, *cuts, len(degree)]
+    return sum((hi - lo) * max(1, int(degree[lo:hi].max())) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo)
+
+
+@pytest.mark.parametrize("degree", [
+    [5, 5, 4, 1, 1, 1, 1, 1, 1, 0], [3, 3, 3, 3], [9, 1, 1, 1, 1, 1, 1, 1], [4, 4, 4, 4, 4, 4, 2, 2, 1],
+    [2, 1], [7, 0, 0, 0], [6, 5, 4, 3, 2, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0, 0], [12, 11, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1],
+])
+@pytest.mark.parametrize("num_bands", [1, 2, 3])
+def test_band_cuts_are_the_cheapest_by_brute_force(degree, num_bands):
+    """The cuts give the smallest padded size over every possible placement of num_bands - 1 cuts."""
+    from itertools import combinations_with_replacement
+
+    from ssov_export.kernel_maps import _band_cuts
+
+    degree = np.array(degree, np.int64)
+    n = len(degree)
+    cuts = _band_cuts(degree, num_bands)
+    assert len(cuts) == num_bands - 1 and all(0 <= a <= b <= n for a, b in zip([0, *cuts], [*cuts, n]))
+    best = min(band_cost(degree, list(c)) for c in combinations_with_replacement(range(n + 1), num_bands - 1))
+    assert band_cost(degree, cuts) == best
+
+
+def test_bad_input_messages():
+    with pytest.raises(ValueError, match=r"^kernel maps: flavour must be one of \('portable', 'cpu'\), got 'gpu'$"):
+        build_kernel_maps(np.zeros((1, 3), np.int32), flavour="gpu")
+    for bad in (np.zeros((0, 3), np.int32), np.zeros((4, 2), np.int32), np.zeros(3, np.int32)):
+        with pytest.raises(DataError, match=rf"^kernel maps: coords must be a non-empty \(V, 3\) array, got "
+                                            rf"{re.escape(str(bad.shape))}$"):
+            build_kernel_maps(bad)
+    with pytest.raises(DataError, match=r"^kernel maps: coords must be non-negative grid indices"):
+        build_kernel_maps(np.array([[0, 0, 0], [-1, 0, 0]]))
+    with pytest.raises(DataError, match=r"^kernel maps: coords contain duplicate voxels \(use the voxelizer's"):
+        build_kernel_maps(np.array([[2, 2, 2], [1, 1, 1], [2, 2, 2]]))
+    assert input_names("cpu")[:3] == ["subm0_in", "subm0_kernel", "subm0_to"]
+    assert input_names()[:5] == ["order", "restore", "subm0_in", "subm0_kernel", "subm0_out0"]
+    assert len(input_names()) == 2 + 5 * (2 + 3) + 8 * (2 + 1) and len(input_names("cpu")) == 5 * 3 + 8 * 3

@@ -133,7 +133,7 @@ def test_missing_xyz_unknown_datatype_and_duplicates(sample):
     with pytest.raises(CloudError, match="field 'x' twice"):
         read_cloud(msg)
     msg.fields[2].name, msg.fields[2].datatype = "z", 9
-    with pytest.raises(CloudError, match="unknown datatype 9"):
+    with pytest.raises(CloudError, match=r"^field .z. has unknown datatype 9 \(PointField datatypes are 1..8\)$"):
         read_cloud(msg)
     assert issubclass(CloudError, DataError)
     with pytest.raises(CloudError, match="not a PointCloud2"):
@@ -141,7 +141,7 @@ def test_missing_xyz_unknown_datatype_and_duplicates(sample):
 
 
 def test_pack_cloud_rejects_bad_columns():
-    with pytest.raises(CloudError, match="different lengths"):
+    with pytest.raises(CloudError, match=r"^pack_cloud: columns have different lengths \{.x.: \(3,\), .y.: \(4,\)\}$"):
         pack_cloud({"x": np.zeros(3, np.float32), "y": np.zeros(4, np.float32)})
     with pytest.raises(CloudError, match="not a PointField datatype"):
         pack_cloud({"x": np.zeros(3, np.int64)})
@@ -172,3 +172,195 @@ def test_multi_count_fields_of_multi_byte_elements(big_endian):
     assert cloud.columns["rings"].tolist() == [[3, 65535], [258, 1], [4096, 17]]
     assert cloud.columns["stamp"].tolist() == [1e9 + 0.5, -2.5, 0.0]
     assert not cloud.has_intensity and (cloud.intensity == 0).all()
+
+
+def test_to_ros_cloud_builds_the_message_by_hand():
+    """sensor_msgs/PointCloud2 fields as its definition gives them: little-endian, no padding, row_step =
+    point_step * width, is_dense = no point with a non-finite x, y or z."""
+    from std_msgs.msg import Header
+
+    from ssov_ros.pointcloud import to_ros_cloud
+
+    header = Header(frame_id="lidar")
+    cols = {"x": np.array([1, 2, 3, 4], np.float32), "y": np.array([0, 0, 0, np.nan], np.float32),
+            "z": np.zeros(4, np.float32), "label": np.array([7, 0, 1, 256], np.uint16)}
+    msg = to_ros_cloud(header, cols)
+    assert msg.header.frame_id == "lidar" and (msg.height, msg.width) == (1, 4)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("label", 12, 4, 1)]
+    assert msg.is_bigendian is False and msg.point_step == 14 and msg.row_step == 56
+    assert len(msg.data) == 56
+    assert bytes(msg.data[14:28]).hex() == "00000040" "00000000" "00000000" "0000"  # point 1: 2.0, 0, 0, label 0
+    assert bytes(msg.data[42:56]).hex()[-4:] == "0001"  # label 256, little-endian
+    assert msg.is_dense is False  # the NaN y of point 3
+    cols["y"][3] = 0
+    organised = to_ros_cloud(header, cols, height=2)
+    assert (organised.height, organised.width, organised.row_step) == (2, 2, 28) and organised.is_dense is True
+    assert type(organised.width) is int and type(organised.row_step) is int  # uint32 fields
+    assert to_ros_cloud(header, cols, is_dense=False).is_dense is False
+    assert to_ros_cloud(header, {"intensity": np.array([np.nan], np.float32)}).is_dense is True  # no x, y, z
+    # only x, y and z count: a NaN in another column (even one called "X") leaves the cloud dense
+    assert to_ros_cloud(header, {**cols, "X": np.full(4, np.nan, np.float32)}).is_dense is True
+    for bad in (3, 0):
+        with pytest.raises(CloudError, match=f"cannot shape 4 points into {bad} rows"):
+            to_ros_cloud(header, cols, height=bad)
+
+
+def _xyz_msg(points, **changes):
+    """A hand-written x, y, z float32 cloud (point_step 12), attributes overridable."""
+    from types import SimpleNamespace as NS
+
+    data = np.asarray(points, "<f4").tobytes()
+    msg = NS(height=1, width=len(points), point_step=12, row_step=12 * len(points), is_bigendian=False, data=data,
+             fields=[NS(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")])
+    for k, v in changes.items():
+        setattr(msg, k, v)
+    return msg
+
+
+def test_message_data_in_every_container_reads_the_same():
+    """msg.data as rclpy (array.array), rosbags (uint8 ndarray), bytes, a list of ints; a uint8 ndarray is read
+    in place, without a copy (one scan is a megabyte)."""
+    import array
+
+    from ssov_ros.pointcloud import _data_as_uint8
+
+    points = [[1.5, -2, 3], [0, 0.25, -8]]
+    raw = np.asarray(points, "<f4").tobytes()
+    as_numpy = np.frombuffer(raw, np.uint8).copy()
+    for data in (array.array("B", raw), as_numpy, as_numpy.reshape(4, 6), raw, list(raw), memoryview(raw),
+                 np.frombuffer(raw, "<u2").copy()):
+        np.testing.assert_array_equal(read_cloud(_xyz_msg(points, data=data)).xyz, np.float32(points))
+    assert np.shares_memory(_data_as_uint8(as_numpy), as_numpy)
+    assert _data_as_uint8(list(raw)).tolist() == list(raw)
+    with pytest.raises(CloudError, match=r"^cloud data is not a byte buffer \(list\)$"):
+        read_cloud(_xyz_msg(points, data=["a"] * 24))
+
+
+def test_header_values_are_checked_with_their_numbers():
+    points = [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(CloudError, match=r"^empty cloud \(height -2, width 3\)$"):
+        read_cloud(_xyz_msg(points, height=-2, width=3))
+    with pytest.raises(CloudError, match=r"^empty cloud \(height 2, width -1\)$"):
+        read_cloud(_xyz_msg(points, height=2, width=-1))
+    with pytest.raises(CloudError, match=r"^empty cloud \(height 0, width 2\)$"):
+        read_cloud(_xyz_msg(points, height=0))
+    # point_step 1 is a legal header value: the fields then do not fit
+    with pytest.raises(CloudError, match=r"^field 'x' \(offset 0, 1 x float32\) does not fit in point_step 1$"):
+        read_cloud(_xyz_msg(points, point_step=1, row_step=2))
+    with pytest.raises(CloudError, match=r"^point_step is -12$"):
+        read_cloud(_xyz_msg(points, point_step=-12))
+    with pytest.raises(CloudError, match=r"^row_step 23 < width 2 x point_step 12$"):
+        read_cloud(_xyz_msg(points, row_step=23))
+    with pytest.raises(CloudError, match=r"^data length 24 does not match row_step 28 x height 1$"):
+        read_cloud(_xyz_msg(points, row_step=28))
+    for missing in ("height", "data", "is_bigendian"):
+        msg = _xyz_msg(points)
+        delattr(msg, missing)
+        with pytest.raises(CloudError, match=rf"not a PointCloud2 message \(.*{missing}"):
+            read_cloud(msg)
+
+
+def test_field_table_is_checked_field_by_field():
+    from types import SimpleNamespace as NS
+
+    from ssov_ros.pointcloud import parse_fields
+
+    points = [[1, 2, 3], [4, 5, 6]]
+    msg = _xyz_msg(points)
+    msg.fields[1].name, msg.fields[2].name = "elevation", "azimuth"
+    with pytest.raises(CloudError, match=r"^cloud has no y, z field \(fields: \['azimuth', 'elevation', 'x'\]\)$"):
+        read_cloud(msg)
+    msg = _xyz_msg(points)
+    msg.fields.insert(0, NS(name="", offset=0, datatype=7, count=1))
+    with pytest.raises(CloudError, match=r"^cloud has a field with an empty name$"):
+        read_cloud(msg)
+    with pytest.raises(CloudError, match=r"not a PointCloud2 message \(.*fields"):
+        parse_fields(NS(point_step=12))
+    # a count-0 padding field holds no data and is skipped; the fields after it are still read
+    msg = _xyz_msg(points)
+    msg.fields.insert(0, NS(name="pad", offset=0, datatype=2, count=0))
+    assert [f[0] for f in parse_fields(msg)] == ["x", "y", "z"]
+    np.testing.assert_array_equal(read_cloud(msg).xyz, np.float32(points))
+    # 2 x float32 at offset 8 ends at 16 > point_step 12; a negative offset starts before the point
+    msg = _xyz_msg(points)
+    msg.fields[2] = NS(name="z", offset=8, datatype=7, count=2)
+    with pytest.raises(CloudError, match=r"^field 'z' \(offset 8, 2 x float32\) does not fit in point_step 12$"):
+        read_cloud(msg)
+    msg.fields[2] = NS(name="z", offset=-4, datatype=7, count=1)
+    with pytest.raises(CloudError, match=r"^field 'z' \(offset -4, 1 x float32\) does not fit in point_step 12$"):
+        read_cloud(msg)
+    msg.fields[2] = NS(name="z", offset=8, datatype=7, count=1)  # ends exactly at point_step: fine
+    assert parse_fields(msg)[2] == ("z", 8, 7, 1)
+
+
+def test_pack_cloud_error_messages():
+    with pytest.raises(CloudError, match=r"^pack_cloud: no columns given$"):
+        pack_cloud({})
+    with pytest.raises(CloudError, match=r"^pack_cloud: column 'x' has shape \(2, 3\), expected \(N,\)$"):
+        pack_cloud({"x": np.zeros((2, 3), np.float32)})
+
+
+def test_field_selection_skips_unwanted_fields_wherever_they_are():
+    """t (float64 at 0) is not asked for and comes first; x, y, z, intensity and ring after it are read."""
+    import struct
+    from types import SimpleNamespace as NS
+
+    data = b"".join(struct.pack("<d3ffH", 0.5 * i, i, -i, 2 * i, 10 * i, 7 + i) for i in range(3))
+    msg = NS(height=1, width=3, point_step=26, row_step=78, is_bigendian=False, data=data,
+             fields=[NS(name=n, offset=o, datatype=d, count=1) for n, o, d in
+                     [("t", 0, 8), ("x", 8, 7), ("y", 12, 7), ("z", 16, 7), ("intensity", 20, 7), ("ring", 24, 4)]])
+    cloud = read_cloud(msg, fields=("ring",))
+    assert set(cloud.columns) == {"x", "y", "z", "intensity", "ring"}
+    assert cloud.columns["ring"].tolist() == [7, 8, 9] and cloud.intensity.tolist() == [0, 10, 20]
+    np.testing.assert_array_equal(cloud.xyz, np.float32([[0, 0, 0], [1, -1, 2], [2, -2, 4]]))
+
+
+def test_a_coordinate_with_count_2_is_refused():
+    from types import SimpleNamespace as NS
+
+    msg = _xyz_msg([[1, 2, 3], [4, 5, 6]])
+    msg.fields = [NS(name="x", offset=0, datatype=7, count=2), NS(name="z", offset=8, datatype=7, count=1),
+                  NS(name="y", offset=4, datatype=7, count=1)]
+    with pytest.raises(CloudError, match=r"^field 'x' has count 2, expected 1$"):
+        read_cloud(msg)
+
+
+def test_data_buffer_is_one_flat_byte_vector():
+    from ssov_ros.pointcloud import _data_as_uint8
+
+    grid = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert _data_as_uint8(grid).tolist() == list(range(12))
+    assert _data_as_uint8([[1, 2], [3, 4]]).tolist() == [1, 2, 3, 4]
+    assert _data_as_uint8(np.array([1, 258], "<u2")).tolist() == [1, 0, 2, 1]
+
+
+def test_intensity_and_coordinates_come_as_float32_with_the_reason_when_missing():
+    """Every layout gives float32 xyz / intensity (the model's input type); a cloud without a usable intensity
+    gets zeros of its length and the reason, naming the names tried and the fields it has."""
+    import warnings
+    from types import SimpleNamespace as NS
+
+    points = np.array([[1e300, 0, 0], [1, 2, 3]], "<f8")
+    fields = [NS(name=n, offset=8 * i, datatype=8, count=1) for i, n in enumerate("xyz")]
+    base = dict(height=1, width=2, is_bigendian=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a float64 beyond float32's range is an invalid point, not a warning
+        no_intensity = read_cloud(NS(**base, point_step=24, row_step=48, data=points.tobytes(), fields=fields))
+        assert no_intensity.xyz.dtype == np.float32 and no_intensity.valid.tolist() == [False, True]
+        assert no_intensity.xyz[1].tolist() == [1, 2, 3]
+        assert no_intensity.intensity.dtype == np.float32 and no_intensity.intensity.tolist() == [0, 0]
+        assert not no_intensity.has_intensity
+        assert no_intensity.intensity_issue == "no intensity field (intensity / i / reflectivity; fields: x, y, z)"
+
+        data = np.concatenate([points, [[1e300], [7.5]]], 1).tobytes()
+        with_f8 = read_cloud(NS(**base, point_step=32, row_step=64, data=data,
+                                fields=fields + [NS(name="reflectivity", offset=24, datatype=8, count=1)]))
+    assert with_f8.intensity.dtype == np.float32 and with_f8.intensity.tolist() == [np.inf, 7.5]
+    assert with_f8.has_intensity and with_f8.intensity_issue == ""
+
+    pairs = np.concatenate([points, [[1, 2], [3, 4]]], 1).tobytes()
+    two = read_cloud(NS(**base, point_step=40, row_step=80, data=pairs,
+                        fields=fields + [NS(name="intensity", offset=24, datatype=8, count=2)]))
+    assert not two.has_intensity and two.intensity.tolist() == [0, 0]
+    assert two.intensity_issue == "field 'intensity' has count 2, expected 1"
