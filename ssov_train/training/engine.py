@@ -350,6 +350,7 @@ def train(task: Task, resume: bool = False, progress: bool = True,
                     save_checkpoint(run_dir / epoch_file(epoch), ckpt)
                 save_checkpoint(run_dir / LAST, ckpt)
                 saved_epoch = epoch
+                running = epoch + 1  # this epoch is safe: a Ctrl-C from here on interrupts the next one
                 if cfg.keep_checkpoints is not None:
                     prune_epoch_checkpoints(run_dir, cfg.keep_checkpoints)
                 if progress:

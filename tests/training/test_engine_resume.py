@@ -45,13 +45,15 @@ class Scans(torch.utils.data.Dataset):
 
 
 class TinyTask:
-    """What train() needs of a stage's Task: cfg, dictionary, model, data, losses, param groups, meta."""
+    """What train() needs of a stage's Task: cfg, dictionary, model, criterion (moved to the device with the model),
+    data, losses, param groups, meta."""
 
     def __init__(self, cfg: TrainConfig):
         torch.manual_seed(0)
         self.cfg = cfg
         self.dictionary = SimpleNamespace(class_names=CLASSES)
         self.model = torch.nn.Linear(1, 1)
+        self.criterion = torch.nn.MSELoss()
         self.train_set, self.val_set = Scans(), None
         self.meta = {"voxel": to_dict(cfg.voxel), "input_fields": [cfg.feature], "class_names": CLASSES,
                      "model": {"arch": cfg.model.arch, "width": cfg.model.width,
@@ -225,8 +227,9 @@ def test_the_log_of_a_resumed_run_drops_what_came_after_its_checkpoint(tmp_path)
 def test_config_comparison_leaves_out_what_may_change_and_copes_with_missing_keys():
     from ssov_train.training.engine import RESUME_MAY_CHANGE, _comparable_config
 
-    assert RESUME_MAY_CHANGE == ("optim.num_workers", "keep_checkpoints")
-    saved = {"seed": 1, "keep_checkpoints": 2, "optim": {"lr": 0.5, "num_workers": 4}, "model": {"width": 1.0}}
+    assert RESUME_MAY_CHANGE == ("optim.num_workers", "keep_checkpoints", "device")
+    saved = {"seed": 1, "keep_checkpoints": 2, "device": "cuda:0", "optim": {"lr": 0.5, "num_workers": 4},
+             "model": {"width": 1.0}}
     assert _comparable_config(saved) == {"seed": 1, "optim": {"lr": 0.5}, "model": {"width": 1.0}}
     assert saved["optim"] == {"lr": 0.5, "num_workers": 4} and saved["keep_checkpoints"] == 2  # not modified
     # a config without those keys, or without an optim section at all, compares as it is
