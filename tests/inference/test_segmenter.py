@@ -66,6 +66,23 @@ def test_afi_changes_labels_and_keeps_class_zero_out(backend, sweep):
     assert 0 < changed < 0.5
 
 
+def test_afi_is_fed_the_labels_by_default_and_the_probabilities_on_request(backend, sweep):
+    """The reference feeds AFI one-hot labels; the segmenter does by default, and the softmax when asked."""
+    from ssov_train.afi import afi_refine
+
+    xyz, intensity = sweep
+    probs = Segmenter(backend).segment(xyz, intensity, keep_probs=True).probs
+    c = backend.spec.num_classes
+    one_hot = np.eye(c, dtype=np.float32)[probs.argmax(1)]
+    by_labels = Segmenter(backend, afi=AFIConfig()).segment(xyz, intensity)
+    by_probs = Segmenter(backend, afi=AFIConfig(), afi_input="probabilities").segment(xyz, intensity)
+    np.testing.assert_array_equal(by_labels.labels, afi_refine(xyz, one_hot, AFIConfig(), num_classes=c)[0])
+    np.testing.assert_array_equal(by_probs.labels, afi_refine(xyz, probs, AFIConfig(), num_classes=c)[0])
+    assert not np.array_equal(by_labels.labels, by_probs.labels)
+    with pytest.raises(ConfigError, match="AFI input 'logits'"):
+        Segmenter(backend, afi=AFIConfig(), afi_input="logits")
+
+
 def test_streaming_afi_uses_the_pose(backend, sweep):
     xyz, intensity = sweep
     alone = Segmenter(backend, afi=AFIConfig()).segment(xyz, intensity)
