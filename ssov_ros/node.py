@@ -598,6 +598,142 @@ class SegmenterNode(Node):
                                                 f"in a cloud read as 0")
         return np.where(finite, intensity, np.float32(0.0))
 
+    def _publish_result(self, ctx: _Frame, result) -> None:
+        """Labels, scores, query similarity and overlays of one segmented cloud out; timings and stats."""
+        timings, cloud, valid_idx, query = ctx.timings, ctx.cloud, ctx.valid_idx, ctx.query
+        timings.update(result.timings_ms)
+        t = time.perf_counter()
+        n = cloud.num_points
+        labels = np.zeros(n, dtype=np.uint32)
+        scores = np.zeros(n, dtype=np.float32)
+        labels[valid_idx] = result.labels
+        scores[valid_idx] = result.scores
+        keep = valid_idx if self.cfg.input.drop_invalid_points else slice(None)
+        columns = {"x": cloud.xyz[keep, 0], "y": cloud.xyz[keep, 1], "z": cloud.xyz[keep, 2],
+                   "intensity": cloud.intensity[keep], "label": labels[keep], "score": scores[keep],
+                   "rgb": self._rgb_lut[labels[keep]]}
+        organised = cloud.height > 1 and not self.cfg.input.drop_invalid_points
+        # every kept point has finite x, y, z when invalid points are dropped; read_cloud already knows otherwise
+        dense = self.cfg.input.drop_invalid_points or bool(cloud.valid.all())
+        out = to_ros_cloud(ctx.msg_header, columns, height=cloud.height if organised else 1, is_dense=dense)
+        self.pub_points.publish(out)
+        if query is not None:
+            similarity = np.zeros(n, dtype=np.float32)  # invalid points score 0, like their label
+            similarity[valid_idx] = query.score(result)
+            self.pub_query.publish(to_ros_cloud(ctx.msg_header, {"x": columns["x"], "y": columns["y"],
+                                                                 "z": columns["z"], "similarity": similarity[keep]},
+                                                height=cloud.height if organised else 1, is_dense=dense))
+            with self._lock:
+                self._stats["query_frames"] += 1
+        frame = ctx.msg_header.frame_id
+        if not self.cfg.output.legend_frame and frame and frame != self._legend_frame:
+            self._publish_legend(frame)  # follows the clouds' frame; never latched to an empty one
+        timings["publish"] = (time.perf_counter() - t) * 1000
+
+        cameras = ctx.cameras
+        if ctx.late_cameras:
+            cameras = cameras + self._match_cameras(ctx.t_ns, frame, ctx.late_cameras, report=True)[0]
+        if cameras:
+            t = time.perf_counter()
+            self._publish_overlays(cameras, ctx.xyz, labels[valid_idx])
+            timings["overlay"] = (time.perf_counter() - t) * 1000
+
+        total = (time.perf_counter() - ctx.t0) * 1000  # cloud arrival to published, hand-off wait included
+        timings["total"] = total
+        # what limits the rate: the slower of the two threads when pipelined, the whole frame when not
+        busiest = total if self.pipeline is None else max(
+            ctx.front_ms, sum(timings.get(k, 0.0) for k in ("afi", "publish", "overlay")))
+        with self._lock:
+            self._stats["frames"] += 1
+            self._stats["posed"] += ctx.posed
+            self._stats["last_ms"] = busiest
+            if busiest > self.cfg.output.max_processing_ms:
+                self._stats["over_budget"] += 1
+                self._period_stats["over_budget"] += 1
+        for stage, ms in timings.items():
+            self._timing_publisher(stage).publish(Float64(data=float(ms)))
+        now_ns = self.get_clock().now().nanoseconds
+        self.pub_latency.publish(Float64(data=(now_ns - ctx.t_ns) / 1e6))
+
+    def _timing_publisher(self, stage: str):
+        with self._lock:
+            if stage not in self._pub_timing:
+                self._pub_timing[stage] = self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", 10)
+            return self._pub_timing[stage]
+
+    def _pose(self, frame: str, t_ns: int) -> Optional[np.ndarray]:
+        """fixed <- cloud-frame at t_ns for streaming AFI, or None (then the frame is refined on its own)."""
+        tcfg = self.cfg.temporal
+        if not self.cfg.afi.enabled or tcfg.history == 0 or tcfg.pose_source == "none":
+            return None
+        odom, rejected = self._odom_frames, self._odom_last_rejected
+        fixed = tcfg.fixed_frame or (odom[0] if odom else "")
+        pose, reason = None, ""
+        if not frame:
+            reason = "the cloud has no header.frame_id"
+        elif not fixed:
+            reason = rejected or "no odometry received and no temporal.fixed_frame set"
+        else:
+            if tcfg.sensor_to_base:
+                base = tcfg.base_frame or (odom[1] if odom else "")
+                if base and base != frame and frame not in self.tf.frames():
+                    self.tf.set_static(base, frame, xyz_quat_matrix(tcfg.sensor_to_base))
+            # the odometry of the cloud's instant may still be on its way (another callback thread): wait for it
+            # up to the pose tolerance, once poses flow at all
+            pose = self.tf.wait_lookup(fixed, frame, t_ns, tcfg.pose_tolerance_s if odom or self._tf_available else 0)
+            if pose is None:
+                reason = (f"no transform {fixed} <- {frame} at the cloud time ("
+                          + (f"the latest odometry was rejected: {rejected})" if rejected else
+                             "set temporal.sensor_to_base or publish /tf_static)"))
+        with self._lock:
+            self._stats["unposed_reason"] = reason
+        return pose
+
+    def _match_cameras(self, t_ns: int, frame: str, names, report: bool) -> tuple[list, list]:
+        """(name, camera_info, image, lidar_to_camera or why not) of each camera in ``names`` with an image near
+        t_ns, and the names of those without one (counted as skipped overlays, with the reason, if ``report``)."""
+        matches, missing = [], []
+        for name in names:
+            info = self._camera_info.get(name)
+            hit = self.sync.match(t_ns, [name])
+            if info is None or hit is None:
+                missing.append(name)
+                if report:
+                    self._skip_overlay(name, self._camera_notes.get(name) or (
+                        "no camera_info received" if info is None else
+                        f"no image within {self.cfg.cameras.sync_tolerance_s:g} s of the cloud"))
+                continue
+            img_msg = hit[name]
+            l2c = self._lidar_to_camera.get(name)
+            if l2c is None:
+                l2c = self.tf.lookup(info.header.frame_id or img_msg.header.frame_id, frame, t_ns) if frame else None
+                if l2c is None:
+                    l2c = (f"no transform {info.header.frame_id} <- {frame or '(cloud without frame_id)'} "
+                           f"(set cameras.lidar_to_camera or publish /tf_static)")
+            matches.append((name, info, img_msg, l2c))
+        return matches, missing
+
+    def _skip_overlay(self, name: str, reason: str) -> None:
+        with self._lock:
+            self._stats["skipped_overlays"] += 1
+            self._period_stats["skipped_overlays"] += 1
+            self._stats["last_overlay_skip"] = f"{name}: {reason}"
+        self.get_logger().warning(f"overlay {name} skipped: {reason}",
+                                  throttle_duration_sec=self.cfg.output.warn_throttle_s)
+
+    def _publish_overlays(self, cameras: list, xyz: np.ndarray, labels: np.ndarray) -> None:
+        colors = self._lut[labels]
+        for name, info, img_msg, l2c in cameras:
+            try:
+                if isinstance(l2c, str):
+                    raise DataError(l2c)
+                camera = camera_from_info(info, l2c)
+                image, _ = render_overlay(decode_image(img_msg), camera, xyz, colors,
+                                          radius=self.cfg.cameras.point_radius, occlusion=self.cfg.cameras.occlusion)
+                self._pub_overlay[name].publish(image_to_ros(img_msg.header, image))
+            except DataError as exc:
+                self._skip_overlay(name, str(exc))
+
     # --- legend / diagnostics ---
 
     def _publish_legend(self, frame: str) -> None:
