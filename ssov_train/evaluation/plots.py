@@ -365,15 +365,17 @@ def bev_heatmap(points: np.ndarray, scores: np.ndarray, path: str | Path, title:
     return _save(fig, path, dpi=100)
 
 
-def training_curves(runs: dict[str, str | Path], path: str | Path, pseudo_miou: Optional[float] = None) -> Path:
+def training_curves(runs: dict[str, str | Path], path: str | Path, pseudo_miou: Optional[float] = None,
+                    epoch_offsets: Optional[dict[str, int]] = None) -> Path:
     """Training curves of run directories (their ``metrics.csv``): the mean training loss per epoch of each run
     (left) and, for runs that validated, the val mIoU per epoch (right; ``pseudo_miou``: the pseudo-labels' as
-    a line)."""
+    a line).  ``epoch_offsets``: a run that continues another one is drawn from that run's last epoch on."""
     import csv
 
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
     any_miou = False
-    for name, run_dir in runs.items():
+    for k, (name, run_dir) in enumerate(runs.items()):
+        colour = f"C{k}"  # one colour per run in both panels
         csv_path = Path(run_dir) / "metrics.csv"
         if not csv_path.is_file():
             continue
@@ -385,12 +387,14 @@ def training_curves(runs: dict[str, str | Path], path: str | Path, pseudo_miou: 
                     loss.setdefault(int(row["epoch"]), []).append(float(row["value"]))
                 elif row["name"] == "val/miou":
                     miou[int(row["epoch"])] = 100 * float(row["value"])
-        epochs = sorted(loss)
+        epochs, shift = sorted(loss), (epoch_offsets or {}).get(name, 0)
         if epochs:
-            ax_loss.plot(epochs, [np.mean(loss[e]) for e in epochs], marker="o", label=name)
+            ax_loss.plot([e + shift for e in epochs], [np.mean(loss[e]) for e in epochs], marker="o", label=name,
+                         color=colour)
         if miou:
             any_miou = True
-            ax_miou.plot(sorted(miou), [miou[e] for e in sorted(miou)], marker="o", label=name)
+            ax_miou.plot([e + shift for e in sorted(miou)], [miou[e] for e in sorted(miou)], marker="o", label=name,
+                         color=colour)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="training loss (each stage its own loss)")
     ax_loss.legend(fontsize=8)
     if pseudo_miou is not None:
