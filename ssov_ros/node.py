@@ -50,6 +50,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ssov_train.afi import resolve_classes
 from ssov_train.errors import ConfigError, DataError, SsovError
 from ssov_train.inference import FrameOutcome, PipelinedSegmenter, Segmenter, open_backend
+from ssov_train.features import missing_intensity_reason
 from ssov_train.intensity import IntensityRangeCheck, training_intensity_max
 from ssov_train.openvocab.query import TextQuery, prepare_query
 
@@ -166,7 +167,8 @@ class SegmenterNode(Node):
             _check_afi_classes(afi_cfg, self.cfg.afi.preset, spec)
         self.segmenter = Segmenter(backend, afi=afi_cfg,
                                    temporal=self.cfg.temporal_config() if self.cfg.afi.enabled else None,
-                                   max_voxels=self.cfg.model.max_voxels or None)
+                                   max_voxels=self.cfg.model.max_voxels or None,
+                                   afi_input=self.cfg.afi.input)
         # before subscribing: the first real cloud must not pay the one-off costs (measured 1.2 s -> 0.33 s)
         self.warmup_ms: Optional[float] = self.segmenter.warm_up() if self.cfg.model.warmup else None
         self._lock = threading.Lock()  # stats and lazily created publishers: callbacks and the worker share them
@@ -189,6 +191,8 @@ class SegmenterNode(Node):
         self._cloud_seq: dict[Any, int] = {}  # publisher gid -> last publication sequence number seen
         self._intensity_check = IntensityRangeCheck(training_intensity_max(spec.vocabulary), INTENSITY_CHECK_FRAMES)
         self._intensity_problem = ""  # the latest intensity problem, reported in /diagnostics while it lasts
+        # the input path of the latest cloud (models with normalised intensity: intensity or geometry only)
+        self._input_path = "raw intensity" if not spec.scale_invariant else "waiting for clouds"
         self._logged_once: set[str] = set()
         self._legend_frame: Optional[str] = None
         self._camera_notes: dict[str, str] = {}  # camera -> why its image topic cannot be used ("" = fine)
@@ -251,11 +255,14 @@ class SegmenterNode(Node):
         self.create_timer(self.cfg.output.diagnostics_period_s, self._publish_diagnostics)
         sources = [n for n, on in (("~/input/odometry", pose_source in ("auto", "odometry")),
                                    ("/tf", self._tf_available)) if on]
-        afi = "off" if not self.cfg.afi.enabled else (f"on (history {self.cfg.temporal.history}, poses from "
+        afi = "off" if not self.cfg.afi.enabled else (f"on (fed {self.cfg.afi.input}, history "
+                                                      f"{self.cfg.temporal.history}, poses from "
                                                       f"{' + '.join(sources) or 'nowhere: per frame'})")
+        model_input = (f"raw intensity x {self.cfg.input.intensity_scale:g}" if not spec.scale_invariant else
+                       "normalised intensity, geometry only for clouds without (input.intensity_scale unused)")
         inputs = ", ".join(sub.topic_name for sub in self.subscriptions)
         self.get_logger().info(f"model {model_path.name} via {backend.describe()}: {spec.num_classes - 1} classes, "
-                               f"voxel {spec.voxel.mode} {spec.voxel.size}; AFI {afi}; cameras {cams.names or 'none'}; "
+                               f"voxel {spec.voxel.mode} {spec.voxel.size}; input {model_input}; AFI {afi}; cameras {cams.names or 'none'}; "
                                f"warm-up {'off' if self.warmup_ms is None else f'{self.warmup_ms:.0f} ms'}; "
                                f"pipeline {'on' if self.cfg.pipeline.enabled else 'off'}; subscribed: {inputs}")
         if self.cfg.model.path == DEFAULT_MODEL and model_path.suffix == ".pt":
@@ -339,6 +346,7 @@ class SegmenterNode(Node):
         (cfg, afi), self._pending_change = self._pending_change, None
         if afi is not False:
             self.segmenter.afi = afi
+        self.segmenter.afi_input = cfg.afi.input
         self.tf.extrapolation_ns = int(cfg.temporal.pose_tolerance_s * 1e9)
         self.sync.tolerance_ns = int(cfg.cameras.sync_tolerance_s * 1e9)
         self.cfg = cfg
@@ -548,9 +556,12 @@ class SegmenterNode(Node):
         else:
             self._publish_result(ctx, self.segmenter.segment(xyz, intensity, pose=pose, keep_probs=keep_probs))
 
-    def _model_intensity(self, cloud, valid_idx: np.ndarray) -> np.ndarray:
-        """The valid points' intensity on the model's scale; what is wrong with it is logged once and shown in
-        /diagnostics (the frame is still segmented: a wrong intensity changes labels but is no reason to stop)."""
+    def _model_intensity(self, cloud, valid_idx: np.ndarray) -> Optional[np.ndarray]:
+        """The valid points' intensity as the model takes it (None: the cloud has none, the model runs on geometry
+        alone); what is wrong with it is logged once and shown in /diagnostics (the frame is still segmented: a
+        wrong intensity changes labels but is no reason to stop)."""
+        if self.spec.scale_invariant:
+            return self._normalized_model_intensity(cloud, valid_idx)
         if cloud.intensity_issue:
             self._intensity_problem = f"{cloud.intensity_issue}: the model gets intensity 0"
             self._warn_once(f"intensity:{cloud.intensity_issue}", f"intensity: {self._intensity_problem}")
@@ -561,14 +572,33 @@ class SegmenterNode(Node):
         problem = self._intensity_check.update(intensity[finite])
         if problem:  # returned once per run of such clouds
             self.get_logger().warning(f"intensity: {problem} (input.intensity_scale)")
-        if not finite.all():
-            # a corrupt intensity must not cost the whole frame: non-finite values read as 0
-            self._warn_once("intensity:non-finite", f"intensity: {np.count_nonzero(~finite)} non-finite value(s) "
-                                                    f"in a cloud read as 0")
-            intensity = np.where(finite, intensity, np.float32(0.0))
+        intensity = self._finite_intensity(intensity, finite)
         self._intensity_problem = (f"{self._intensity_check.problem} (input.intensity_scale)"
                                    if self._intensity_check.problem else "")
         return intensity
+
+    def _normalized_model_intensity(self, cloud, valid_idx: np.ndarray) -> Optional[np.ndarray]:
+        """A model with per-cloud normalised intensity: no scale to check; the cloud's intensity when it has a
+        usable one, else None (the geometry-only input).  The path is logged once per change, in /diagnostics."""
+        intensity, why = None, cloud.intensity_issue
+        if not why:
+            intensity = cloud.intensity[valid_idx]
+            intensity = self._finite_intensity(intensity, np.isfinite(intensity))
+            why = missing_intensity_reason(intensity, self.spec.input_normalization.percentile)
+        path = f"geometry only ({why})" if why else "normalised intensity"
+        if path.split(" (")[0] != self._input_path.split(" (")[0]:
+            self.get_logger().info(f"input: {path}" + ("" if why else " (intensity over the cloud's "
+                                   f"{self.spec.input_normalization.percentile:g}th percentile)"))
+        self._input_path = path
+        return None if why else intensity
+
+    def _finite_intensity(self, intensity: np.ndarray, finite: np.ndarray) -> np.ndarray:
+        if finite.all():
+            return intensity
+        # a corrupt intensity must not cost the whole frame: non-finite values read as 0
+        self._warn_once("intensity:non-finite", f"intensity: {np.count_nonzero(~finite)} non-finite value(s) "
+                                                f"in a cloud read as 0")
+        return np.where(finite, intensity, np.float32(0.0))
 
     def _publish_result(self, ctx: _Frame, result) -> None:
         """Labels, scores, query similarity and overlays of one segmented cloud out; timings and stats."""
@@ -732,7 +762,8 @@ class SegmenterNode(Node):
                   "frames_with_pose": s["posed"], "no_pose_reason": s["unposed_reason"],
                   "rejected_odometry_total": s["rejected_odometry"], "last_odometry_reject": s["last_odometry_reject"],
                   "skipped_overlays_total": s["skipped_overlays"], "last_overlay_skip": s["last_overlay_skip"],
-                  "intensity_problem": self._intensity_problem, "backend": self.segmenter.backend.describe(),
+                  "intensity_problem": self._intensity_problem, "input": self._input_path,
+                  "afi_input": self.segmenter.afi_input, "backend": self.segmenter.backend.describe(),
                   "queries_total": s["queries"], "query": query.text if query is not None else "",
                   "query_scores": query.description if query is not None else "",
                   "query_frames_total": s["query_frames"], "query_error": query_error}

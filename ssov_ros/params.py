@@ -81,7 +81,8 @@ class PipelineParams:
 @dataclass
 class InputParams:
     intensity_scale: float = _param(1.0, "the cloud's intensity times this = the model's training range "
-                                    "(nuScenes 0..255)", runtime=True, min=0.0, max=1e6)
+                                    "(nuScenes 0..255); no effect on models with normalised intensity (the "
+                                    "default model)", runtime=True, min=0.0, max=1e6)
     drop_invalid_points: bool = _param(False, "invalid points (NaN/Inf, beyond max_range): false = published "
                                        "with label 0, true = removed from the output", runtime=True)
     zero_points_invalid: bool = _param(True, "points at exactly (0, 0, 0), many drivers' 'no return', are invalid "
@@ -97,6 +98,9 @@ _PRESET = "NaN (.nan in YAML) = the preset's value"
 class AFIParams:
     enabled: bool = _param(True, "AFI refinement and temporal smoothing; false = the raw network labels",
                            runtime=True)
+    input: Literal["labels", "probabilities"] = _param(
+        "labels", "what AFI refines: the network's labels as one-hot vectors (the reference) or its softmax "
+        "probabilities", runtime=True)
     preset: Literal["nuscenes", "kitti"] = _param("nuscenes", "sensor defaults of the ground step", runtime=True)
     ground: Literal["ransac_ring", "none"] = _param("ransac_ring", "ground step of AFI: ransac_ring fits a plane by RANSAC to "
                                                    "the low points of a ring around the sensor (its inliers keep "

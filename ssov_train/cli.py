@@ -190,7 +190,7 @@ def cmd_evaluate(args) -> int:
 
         raise ConfigError("evaluate: give the model with --model (or --resume-path)")
     metrics = run_evaluation(cfg, Path(args.model or args.resume_path), Path(args.out) if args.out else None,
-                             afi=args.afi, backend=args.backend)
+                             afi=args.afi, backend=args.backend, afi_input=args.afi_input)
     miou = metrics["miou"]
     print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {metrics['num_scans']} scans "
           f"-> {metrics['files']['json']}")
@@ -336,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--afi", action="store_true", help="refine predictions with AFI before scoring")
     ev.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP + "; for a checkpoint (spconv), a package runs "
                                                        "where its --backend runs")
-    ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi], under runs/)")
+    ev.add_argument("--afi-input", default="labels", choices=["labels", "probabilities"],
+                    help="what AFI refines: the predicted labels, one-hot (the reference; default) or the softmax "
+                         "probabilities")
+    ev.add_argument("--out", help="output directory (default: <config output>/eval_<model>_<split>[_afi or "
+                                  "_afi_probs], under runs/)")
     ev.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE", help="override a config value")
     ev.set_defaults(func=cmd_evaluate)
     rc = add_command("realcheck", help="plausibility checks on the shipped real nuScenes keyframe, models side by "

@@ -4,6 +4,10 @@ nuScenes and the synthetic world store intensity on 0..255 and SemanticKITTI rem
 ``ssov_train/data``): a model trained on one and fed the other still runs, but its labels change a lot.  A sensor's
 intensity is judged by its 99th percentile (robust to a few saturated returns) over several frames in a row
 (one empty or odd frame is no evidence).
+
+Only raw-intensity models (input ``intensity`` / ``intensity+1``) need this: a model with ``normalized_intensity``
+(:mod:`ssov_train.features`) divides each cloud by its own 99th percentile, so no scale can be wrong, and the node
+runs no range check for it.
 """
 
 from __future__ import annotations

@@ -450,3 +450,47 @@ def bev_heatmap(points: np.ndarray, scores: np.ndarray, path: str | Path, title:
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi=100)
+
+
+def training_curves(runs: dict[str, str | Path], path: str | Path, pseudo_miou: Optional[float] = None,
+                    epoch_offsets: Optional[dict[str, int]] = None) -> Path:
+    """Training curves of run directories (their ``metrics.csv``): the mean training loss per epoch of each run
+    (left) and, for runs that validated, the val mIoU per epoch (right; ``pseudo_miou``: the pseudo-labels' as
+    a line).  ``epoch_offsets``: a run that continues another one is drawn from that run's last epoch on."""
+    import csv
+
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
+    any_miou = False
+    for k, (name, run_dir) in enumerate(runs.items()):
+        colour = f"C{k}"  # one colour per run in both panels
+        csv_path = Path(run_dir) / "metrics.csv"
+        if not csv_path.is_file():
+            continue
+        loss: dict[int, list[float]] = {}
+        miou: dict[int, float] = {}
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["name"] == "train/total":
+                    loss.setdefault(int(row["epoch"]), []).append(float(row["value"]))
+                elif row["name"] == "val/miou":
+                    miou[int(row["epoch"])] = 100 * float(row["value"])
+        epochs, shift = sorted(loss), (epoch_offsets or {}).get(name, 0)
+        if epochs:
+            ax_loss.plot([e + shift for e in epochs], [np.mean(loss[e]) for e in epochs], marker="o", label=name,
+                         color=colour)
+        if miou:
+            any_miou = True
+            ax_miou.plot([e + shift for e in sorted(miou)], [miou[e] for e in sorted(miou)], marker="o", label=name,
+                         color=colour)
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="training loss (each stage its own loss)")
+    ax_loss.legend(fontsize=8)
+    if pseudo_miou is not None:
+        ax_miou.axhline(100 * pseudo_miou, color="grey", linestyle="--", label="pseudo-labels (all points)")
+        any_miou = True
+    ax_miou.set(xlabel="epoch", ylabel="val mIoU (%), all points, no AFI", title="validation")
+    if any_miou:
+        ax_miou.legend(fontsize=8)
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)

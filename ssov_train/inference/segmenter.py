@@ -13,6 +13,8 @@ from ..errors import ConfigError, DataError
 from ..geometry.voxelize import nearest_voxels, voxelize
 from .backends import Backend
 
+# What AFI refines: the labels as one-hot vectors (the reference's input) or the softmax probabilities
+AFI_INPUTS = ("labels", "probabilities")
 IGNORE_LOGIT = -1e6  # class 0 ("ignore") is never predicted, as in training-time evaluation
 
 
@@ -61,7 +63,8 @@ def class_probs(logits: np.ndarray) -> np.ndarray:
 class Segmenter:
     """Wraps a :class:`Backend` with the input features, the voxelizer and AFI.
 
-    ``afi``: None turns AFI off.  ``max_voxels`` is the budget of dense sensors: a scan with more voxels keeps
+    ``afi``: None turns AFI off; ``afi_input`` is what it refines: ``"labels"`` (the network's labels as one-hot
+    vectors, as the reference feeds AFI) or ``"probabilities"`` (the softmax).  ``max_voxels`` is the budget of dense sensors: a scan with more voxels keeps
     the ``max_voxels`` nearest (:func:`~ssov_train.geometry.voxelize.nearest_voxels`, a per-scan range cut); the
     points beyond get label 0 ("ignore": not segmented) and score 0 (docs/performance.md "Scale").  With ``temporal`` set, AFI is streaming (:class:`StreamingAFI`): frames given a
     ``pose`` vote for their successors; without a pose a frame is refined on its own.
@@ -71,13 +74,25 @@ class Segmenter:
     """
 
     def __init__(self, backend: Backend, afi: Optional[AFIConfig] = None,
-                 temporal: Optional[TemporalConfig] = None, max_voxels: Optional[int] = None):
+                 temporal: Optional[TemporalConfig] = None, max_voxels: Optional[int] = None,
+                 afi_input: str = "labels"):
         if max_voxels is not None and int(max_voxels) < 1:
             raise ConfigError(f"max_voxels must be >= 1 (or None: no budget), got {max_voxels}")
+        self.afi_input = afi_input  # read once per frame: may be changed while frames run
         self.max_voxels = None if max_voxels is None else int(max_voxels)
         self.backend = backend
         self.spec = backend.spec
         self.afi: Optional[StreamingAFI] = self.build_afi(afi, temporal)
+
+    @property
+    def afi_input(self) -> str:
+        return self._afi_input
+
+    @afi_input.setter
+    def afi_input(self, value: str) -> None:
+        if value not in AFI_INPUTS:
+            raise ConfigError(f"AFI input {value!r} is not one of {AFI_INPUTS}")
+        self._afi_input = value
 
     def build_afi(self, afi: Optional[AFIConfig], temporal: Optional[TemporalConfig] = None
                   ) -> Optional[StreamingAFI]:
@@ -128,10 +143,11 @@ class Segmenter:
             raise DataError(f"segment: xyz must be (N, 3), got {xyz.shape}")
         if len(xyz) == 0:
             raise DataError("segment: empty point cloud")
-        intensity = np.zeros(len(xyz), np.float32) if intensity is None else np.asarray(intensity, np.float32)
-        if intensity.shape != (len(xyz),):
-            raise DataError(f"segment: intensity must be ({len(xyz)},), got {intensity.shape}")
-        feats = self.spec.point_features(intensity)
+        if intensity is not None:
+            intensity = np.asarray(intensity, np.float32)
+            if intensity.shape != (len(xyz),):
+                raise DataError(f"segment: intensity must be ({len(xyz)},), got {intensity.shape}")
+        feats = self.spec.point_features(intensity, num_points=len(xyz))
         vox = voxelize(xyz, self.spec.voxel, features=feats)
         num_points, kept = len(xyz), None
         if self.max_voxels is not None and vox.num_voxels > self.max_voxels:
@@ -166,7 +182,8 @@ class Segmenter:
         afi = self.afi  # read once: another thread may swap it (build_afi)
         if afi is not None:
             t = time.perf_counter()
-            labels, probs = afi.update(inferred.xyz, probs, pose=pose)
+            prediction = probs.argmax(1) if self._afi_input == "labels" else probs
+            labels, probs = afi.update(inferred.xyz, prediction, pose=pose)
             timings["afi"] = _ms(t)
         else:
             labels = probs.argmax(1)

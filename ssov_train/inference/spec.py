@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import ConfigError
-from ..features import INPUT_FEATURES, network_input
+from ..features import IntensityNormalization, check_features, feature_channels, is_scale_invariant, network_input
 from ..geometry.voxelize import VoxelConfig
 
 
@@ -25,6 +25,8 @@ class ModelSpec:
     stage: str = "annotation_free"
     vocabulary: str = ""
     feature_dim: Optional[int] = None  # set for TMP (feature-head) models
+    # per-cloud intensity normalisation of the "normalized_intensity" input (None for raw-intensity models)
+    input_normalization: Optional[IntensityNormalization] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -36,9 +38,14 @@ class ModelSpec:
         object.__setattr__(self, "input_fields", tuple(self.input_fields))
         if self.has_classes and len(self.class_names) != len(self.palette):
             raise ConfigError(f"model has {len(self.class_names)} classes but {len(self.palette)} palette colours")
-        for name in self.input_fields:
-            if name not in INPUT_FEATURES:
-                raise ConfigError(f"model input field {name!r} is not one of {INPUT_FEATURES}")
+        try:
+            check_features(self.input_fields, self.input_normalization, require_normalization=True)
+        except ConfigError as exc:
+            raise ConfigError(f"model input: {exc}") from exc
+        if int(self.model.get("in_channels", feature_channels(self.input_fields))) != feature_channels(
+                self.input_fields):
+            raise ConfigError(f"model takes {self.model.get('in_channels')} input channels but its input fields "
+                              f"{list(self.input_fields)} give {feature_channels(self.input_fields)}")
         if self.has_classes and int(self.model.get("out_channels", -1)) != len(self.class_names):
             raise ConfigError(f"model outputs {self.model.get('out_channels')} channels for "
                               f"{len(self.class_names)} classes")
@@ -54,11 +61,17 @@ class ModelSpec:
 
     @property
     def in_channels(self) -> int:
-        return int(self.model.get("in_channels", len(self.input_fields)))
+        return feature_channels(self.input_fields)
 
-    def point_features(self, intensity: np.ndarray) -> np.ndarray:
-        """(N, in_channels) float32 network input from per-point intensity, exactly as training computed it."""
-        return network_input(intensity, self.input_fields)
+    @property
+    def scale_invariant(self) -> bool:
+        """True when the input does not depend on the intensity's scale (``input.intensity_scale`` is moot)."""
+        return is_scale_invariant(self.input_fields)
+
+    def point_features(self, intensity: Optional[np.ndarray], num_points: Optional[int] = None) -> np.ndarray:
+        """(N, in_channels) float32 network input from per-point intensity, exactly as training computed it;
+        ``intensity`` None: the cloud has none (``num_points`` points)."""
+        return network_input(intensity, self.input_fields, self.input_normalization, num_points)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "ModelSpec":
@@ -70,13 +83,16 @@ class ModelSpec:
                    voxel=VoxelConfig(voxel["mode"], tuple(voxel["size"]) if voxel.get("size") else None),
                    input_fields=tuple(ckpt["input_fields"]), model=dict(ckpt["model"]),
                    stage=str(ckpt.get("stage", "annotation_free")), vocabulary=str(ckpt.get("vocabulary", "")),
-                   feature_dim=ckpt.get("feature_dim"))
+                   feature_dim=ckpt.get("feature_dim"),
+                   input_normalization=IntensityNormalization.from_dict(ckpt.get("input_normalization"), source))
 
     def to_dict(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names), "palette": self.palette.tolist(),
                 "voxel": {"mode": self.voxel.mode, "size": list(self.voxel.size)},
                 "input_fields": list(self.input_fields), "model": dict(self.model), "stage": self.stage,
-                "vocabulary": self.vocabulary, "feature_dim": self.feature_dim}
+                "vocabulary": self.vocabulary, "feature_dim": self.feature_dim,
+                "input_normalization": (None if self.input_normalization is None
+                                        else self.input_normalization.to_dict())}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model package") -> "ModelSpec":

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..features import InputFeature, point_features
+from ..features import InputFeature, IntensityNormalization, point_features
 from ..geometry.voxelize import VoxelConfig, voxelize
 from ..losses import TMPBatch, batch_superpoints
 from ..superpoints import SuperpointSample, load_superpoints, read_manifest, sample_path
@@ -46,6 +46,49 @@ class AugmentConfig:
     drop_cuboid: bool = False
     drop_cuboid_max_side: float = 0.2
     drop_cuboid_min_pairings: int = 1024
+    # Sensor-robust input (see :func:`augment_intensity`): each scan's intensity re-rendered as another sensor
+    # would report it (gain, gamma, saturation, quantisation to a 0..1 / 0..255 / 0..65535 scale), and removed
+    # altogether (read as 0: the geometry-only input) with probability ``intensity_dropout``.
+    intensity_sensor: bool = False
+    intensity_gain: float = 2.0  # gain log-uniform in [1/g, g]
+    intensity_gamma: float = 1.5  # gamma log-uniform in [1/gamma, gamma]
+    intensity_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.intensity_dropout <= 1.0 or self.intensity_gain < 1.0 or self.intensity_gamma < 1.0:
+            raise ConfigError(f"augment: intensity_dropout must be in [0, 1], intensity_gain and intensity_gamma "
+                              f">= 1, got {self.intensity_dropout}, {self.intensity_gain}, {self.intensity_gamma}")
+
+
+# Full scales a re-rendered intensity is quantised to: float 0..1 (KITTI-like remission), uint8, uint16
+INTENSITY_SCALES = (1.0, 255.0, 65535.0)
+# The source scan's 99th percentile lands at this fraction of the full scale at gain 1 (headroom for bright returns)
+_INTENSITY_LEVEL = 0.5
+
+
+def augment_intensity(intensity: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """A scan's (N,) intensity as another sensor could report it, or zeros (dropout).
+
+    The source intensity over its 99th percentile (``u``) becomes ``clip(level * gain * u ** gamma, 0, 1)``
+    times a full scale drawn from :data:`INTENSITY_SCALES`, rounded to integers on the integer scales: a
+    monotone remapping with saturation and quantisation.  The draws happen even when disabled (see
+    :func:`augment_points`)."""
+    gain = float(np.exp(rng.uniform(-np.log(cfg.intensity_gain), np.log(cfg.intensity_gain))))
+    gamma = float(np.exp(rng.uniform(-np.log(cfg.intensity_gamma), np.log(cfg.intensity_gamma))))
+    scale = INTENSITY_SCALES[int(rng.integers(len(INTENSITY_SCALES)))]
+    drop = rng.random() < cfg.intensity_dropout
+    values = np.asarray(intensity, dtype=np.float32)
+    if drop:
+        return np.zeros_like(values)
+    if not cfg.intensity_sensor:
+        return values
+    finite = np.isfinite(values)
+    source = np.where(finite, np.maximum(values, 0.0), 0.0).astype(np.float64)
+    high = np.percentile(source, 99) if len(source) else 0.0
+    if high <= 0:
+        return values
+    out = np.clip(_INTENSITY_LEVEL * gain * (source / high) ** gamma, 0.0, 1.0) * scale
+    return (np.round(out) if scale > 1 else out).astype(np.float32)
 
 
 def augment_points(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
@@ -171,13 +214,15 @@ class ScanDataset(Dataset):
     def __init__(self, reader, tokens: Sequence[str], voxel: VoxelConfig, feature: InputFeature,
                  label_source: LabelSource, superpoints_dir: Optional[Path] = None,
                  label_rule: Literal["majority", "first"] = "majority", augment: Optional[AugmentConfig] = None,
-                 seed: int = 0, keep_points: bool = False):
+                 seed: int = 0, keep_points: bool = False,
+                 normalization: Optional[IntensityNormalization] = None):
         if label_source != "gt" and superpoints_dir is None:
             raise DataError(f"label source {label_source!r} needs a superpoints directory")
         self.reader = reader
         self.tokens = list(tokens)
         self.voxel = voxel
         self.feature = feature
+        self.normalization = normalization
         self.label_source = label_source
         self.superpoints_dir = None if superpoints_dir is None else Path(superpoints_dir)
         self.label_rule = label_rule
@@ -217,12 +262,16 @@ class ScanDataset(Dataset):
                 point_labels = sp.pseudo_label.astype(np.int64)
                 sp = None
         keep = None
+        intensity = frame.intensity
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             points = augment_points(points, self.augment, rng)
             if self.augment.drop_cuboid:
                 keep = drop_cuboid_mask(points, self.augment, rng, *((sp.pair_point, sp.pair_camera) if sp else ()))
-        features = point_features(frame.intensity, self.feature)
+            # its own stream: enabling it never changes the geometric augmentations' draws
+            intensity = augment_intensity(intensity, self.augment,
+                                          np.random.default_rng([self.seed, self.epoch, index, 1]))
+        features = point_features(intensity, self.feature, self.normalization)
         if keep is not None:
             points, features = points[keep], features[keep]
             point_labels = None if point_labels is None else point_labels[keep]

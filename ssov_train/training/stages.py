@@ -24,9 +24,9 @@ from ..config import to_dict
 from ..data import DatasetConfig, open_dataset
 from ..device import check_device_name, resolve_device
 from ..errors import ConfigError, DataError
-from ..features import InputFeature
+from ..features import InputFeature, IntensityNormalization, feature_channels
 from ..geometry.voxelize import VoxelConfig
-from ..inference.segmenter import IGNORE_LOGIT
+from ..inference.segmenter import AFI_INPUTS, IGNORE_LOGIT
 from ..losses import SegmentationLoss, TMPLoss
 from ..models import MinkUNet, MinkUNetConfig
 from ..pipeline import TeacherConfig
@@ -36,6 +36,8 @@ from .data import (AugmentConfig, ScanDataset, VoxelBatch, collate_scans, hold_o
                    superpoint_tokens)
 
 Stage = Literal["pretrain", "annotation_free", "downstream"]
+# What AFI refines: the predicted labels as one-hot vectors (the reference) or the softmax probabilities
+AFIInput = Literal["labels", "probabilities"]
 HEAD_PREFIX = "final."  # the 1x1 classifier / projection head of MinkUNet
 
 
@@ -90,6 +92,8 @@ class TrainConfig:
     dataset_skip_step: int = 1  # keep every k-th scene (nuScenes format) / scan (KITTI) of the training split
     label_rule: Literal["majority", "first"] = "majority"  # voxel label from its points; first = reference
     feature: InputFeature = "intensity"
+    # per-cloud normalisation of feature "normalized_intensity" (stored in the model file; unused otherwise)
+    intensity_normalization: IntensityNormalization = field(default_factory=IntensityNormalization)
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
     model: MinkUNetConfig = field(default_factory=MinkUNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -122,14 +126,22 @@ class TrainConfig:
             raise ValueError("set either holdout_scenes or val_split, not both")
         if isinstance(self.holdout_scenes, list) and not self.holdout_scenes:
             raise ValueError("holdout_scenes: empty list")
+        self.intensity_normalization.check()
         if self.keep_checkpoints is not None and self.keep_checkpoints < 0:
             raise ValueError("keep_checkpoints must be >= 0 (or null: keep every epoch's checkpoint)")
+
+
+def input_normalization(cfg: TrainConfig) -> Optional[dict]:
+    """The checkpoint's ``input_normalization``: set for a normalised input feature, None otherwise."""
+    return cfg.intensity_normalization.to_dict() if cfg.feature == "normalized_intensity" else None
 
 
 def checkpoint_expectations(cfg: TrainConfig, dictionary: Optional[ClassDictionary] = None) -> dict[str, Any]:
     """The model-bound values a checkpoint must share with a run built from ``cfg``."""
     expect = {"voxel": to_dict(cfg.voxel), "input_fields": [cfg.feature], "model.arch": cfg.model.arch,
-              "model.width": cfg.model.width, "model.in_channels": cfg.model.in_channels}
+              "model.width": cfg.model.width, "model.in_channels": feature_channels([cfg.feature])}
+    if cfg.feature == "normalized_intensity":
+        expect["input_normalization"] = input_normalization(cfg)
     if dictionary is not None:
         expect["class_names"] = dictionary.class_names
     return expect
@@ -202,13 +214,16 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
     dictionary = load_dictionary(cfg.vocabulary)
     reader = open_dataset(cfg.dataset, dictionary)
     split = cfg.dataset.split
-    common = {"voxel": cfg.voxel, "feature": cfg.feature, "label_rule": cfg.label_rule, "seed": cfg.seed}
+    common = {"voxel": cfg.voxel, "feature": cfg.feature, "label_rule": cfg.label_rule, "seed": cfg.seed,
+              "normalization": cfg.intensity_normalization}
+    in_channels = feature_channels([cfg.feature])  # the input feature fixes the stem's width
     meta: dict[str, Any] = {"class_names": dictionary.class_names, "palette": dictionary.palette.tolist(),
                             "vocabulary": dictionary.name, "feature_dim": None, "text_embeddings": None}
     val_set: Optional[ScanDataset] = None
     if cfg.stage == "pretrain":
         text, teacher_name = _text_embeddings(cfg, dictionary)
-        model_cfg = dataclasses.replace(cfg.model, out_channels=int(text.shape[1]), normalize_features=True)
+        model_cfg = dataclasses.replace(cfg.model, out_channels=int(text.shape[1]), normalize_features=True,
+                                        in_channels=in_channels)
         tokens, val_tokens = superpoint_tokens(cfg.superpoints, split), None
         if cfg.holdout_scenes is not None:
             tokens, val_tokens = hold_out_scenes(tokens, cfg.holdout_scenes, reader, cfg.dataset.kind)
@@ -228,7 +243,8 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
                     text_embeddings={"teacher": teacher_name, "root": str(cfg.teacher.root), "dim": int(text.shape[1]),
                                      "num_prompts": int(text.shape[0])})
     else:
-        model_cfg = dataclasses.replace(cfg.model, out_channels=dictionary.num_classes, normalize_features=False)
+        model_cfg = dataclasses.replace(cfg.model, out_channels=dictionary.num_classes, normalize_features=False,
+                                        in_channels=in_channels)
         if cfg.stage == "annotation_free":
             tokens = superpoint_tokens(cfg.superpoints, split)
             label_source = "pseudo"
@@ -253,7 +269,8 @@ def build_task(cfg: TrainConfig, pretraining_path: Optional[Path] = None) -> Tas
     if cfg.freeze_layers:
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(HEAD_PREFIX))
-    meta.update(stage=cfg.stage, model=to_dict(model_cfg), voxel=to_dict(cfg.voxel), input_fields=[cfg.feature])
+    meta.update(stage=cfg.stage, model=to_dict(model_cfg), voxel=to_dict(cfg.voxel), input_fields=[cfg.feature],
+                input_normalization=input_normalization(cfg))
     return Task(cfg, dictionary, model, train_set, val_set, criterion, meta, report)
 
 
@@ -286,18 +303,19 @@ def eval_loader(dataset: ScanDataset, batch_size: int, num_workers: int, pin_mem
                       collate_fn=collate_scans, pin_memory=pin_memory)
 
 
-def default_evaluation_dir(cfg: TrainConfig, model_path: Path, afi: bool = False) -> Path:
+def default_evaluation_dir(cfg: TrainConfig, model_path: Path, afi: bool = False,
+                           afi_input: AFIInput = "labels") -> Path:
     """Where ``ssov-train evaluate`` writes without ``--out``: under the config's run directory (``runs/...``),
     never next to the model file, which may sit in a tracked folder such as ``models/``; one folder per model
     (:func:`model_label`: a run's last.pt with its run's name) and split, so evaluating several runs' last.pt,
     a best.pt and an exported package never overwrite each other."""
     name = re.sub(r"\.(ssovpkg|pt|onnx|engine)$", "", model_label(model_path))
     return Path(cfg.output) / ("eval_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + f"_{cfg.eval_split}"
-                               + ("_afi" if afi else ""))
+                               + (("_afi" if afi_input == "labels" else "_afi_probs") if afi else ""))
 
 
 def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Path] = None, afi: bool = False,
-                   progress: bool = True, backend: str = "auto") -> dict:
+                   progress: bool = True, backend: str = "auto", afi_input: AFIInput = "labels") -> dict:
     """Evaluate a class model on ``cfg.eval_split`` over ALL points of every scan (method.md §7);
     writes metrics.json and figures into ``out_dir`` (default: :func:`default_evaluation_dir`).
 
@@ -307,7 +325,8 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     checkpoint's fields or the package's sidecar), never from ``cfg.model`` / ``cfg.voxel`` / ``cfg.feature``;
     ``cfg`` gives the dataset, the vocabulary (the model's classes must be its classes), the split, the
     batch size and ``cfg.device``, where spconv runs a checkpoint (``auto``/``torch`` backends; a package runs
-    where its backend runs)."""
+    where its backend runs).  With ``afi``, AFI is fed the predicted labels (one-hot, as the reference feeds it)
+    or, with ``afi_input="probabilities"``, the softmax probabilities."""
     from ..evaluation.evaluate import EvaluationAccumulator, apply_afi
     from ..inference import ModelSpec, open_backend
     from ..inference.backends import default_backend
@@ -342,9 +361,11 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
         raise ConfigError(f"{checkpoint_path} takes the inputs {list(spec.input_fields)}; evaluation feeds one "
                           "per-point field")
     reader = open_dataset(cfg.dataset, dictionary)
+    if afi_input not in AFI_INPUTS:
+        raise ConfigError(f"AFI input {afi_input!r} is not one of {AFI_INPUTS}")
     dataset = ScanDataset(reader, reader.split_tokens(cfg.eval_split), spec.voxel, spec.input_fields[0],
-                          label_source="gt", keep_points=True)
-    out_dir = Path(out_dir) if out_dir is not None else default_evaluation_dir(cfg, checkpoint_path, afi)
+                          label_source="gt", keep_points=True, normalization=spec.input_normalization)
+    out_dir = Path(out_dir) if out_dir is not None else default_evaluation_dir(cfg, checkpoint_path, afi, afi_input)
     acc = EvaluationAccumulator(dictionary, out_dir)
     predictions = (predict(model, eval_loader(dataset, cfg.optim.batch_size, cfg.optim.num_workers,
                                               pin_memory=device.is_cuda), with_probs=True)
@@ -352,8 +373,9 @@ def run_evaluation(cfg: TrainConfig, checkpoint_path: Path, out_dir: Optional[Pa
     for scan, pred, probs in progress_bar(predictions, enabled=progress, total=len(dataset), desc="evaluate",
                                           unit="scan"):
         if afi:
-            pred = apply_afi(scan.points, probs, dictionary)
+            pred = apply_afi(scan.points, pred if afi_input == "labels" else probs, dictionary)
         acc.add_scan(scan.token, scan.points, scan.point_labels, pred, probs=None if afi else probs)
-    title = f"{spec.stage} {model_label(checkpoint_path)} on {cfg.eval_split}" + (" + AFI" if afi else "")
+    title = (f"{spec.stage} {model_label(checkpoint_path)} on {cfg.eval_split}"
+             + (f" + AFI ({afi_input})" if afi else ""))
     return acc.finalize(title)
 

@@ -32,7 +32,9 @@ def test_spec_comes_from_the_model_file(backend):
     assert backend.name == "torch"
     assert spec.class_names[0] == "ignore" and spec.num_classes == 17 and spec.palette.shape == (17, 3)
     assert spec.voxel.mode == "cylindrical" and spec.voxel.size == (0.1, 1.0, 0.1)
-    assert spec.input_fields == ("intensity",)
+    # the shipped model takes per-cloud normalised intensity (+ "intensity present"), its normalisation in the file
+    assert spec.input_fields == ("normalized_intensity",) and spec.in_channels == 2 and spec.scale_invariant
+    assert (spec.input_normalization.percentile, spec.input_normalization.clip) == (99.0, 1.5)
     assert ModelSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
 
 
@@ -48,7 +50,10 @@ def test_segment_real_sweep_matches_direct_model_call(backend, sweep):
     np.testing.assert_allclose(result.probs.sum(1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(result.labels, result.probs.argmax(1))
     # the same network called directly on the same voxels gives the same labels
-    vox = voxelize(xyz, backend.spec.voxel, features=intensity.reshape(-1, 1))
+    # its input by hand: intensity over the sweep's 99th percentile, clipped to 1.5, and a column of ones
+    by_hand = np.c_[np.minimum(intensity / np.percentile(intensity.astype(np.float64), 99), 1.5),
+                    np.ones(len(intensity))].astype(np.float32)
+    vox = voxelize(xyz, backend.spec.voxel, features=by_hand)
     with torch.no_grad():
         logits = backend.model(torch.from_numpy(vox.features), torch.from_numpy(vox.coords),
                                torch.zeros(vox.num_voxels, dtype=torch.int32), list(vox.spatial_shape), 1)
@@ -64,6 +69,23 @@ def test_afi_changes_labels_and_keeps_class_zero_out(backend, sweep):
     assert refined.labels.min() >= 1 and "afi" in refined.timings_ms
     changed = np.mean(refined.labels != plain.labels)
     assert 0 < changed < 0.5
+
+
+def test_afi_is_fed_the_labels_by_default_and_the_probabilities_on_request(backend, sweep):
+    """The reference feeds AFI one-hot labels; the segmenter does by default, and the softmax when asked."""
+    from ssov_train.afi import afi_refine
+
+    xyz, intensity = sweep
+    probs = Segmenter(backend).segment(xyz, intensity, keep_probs=True).probs
+    c = backend.spec.num_classes
+    one_hot = np.eye(c, dtype=np.float32)[probs.argmax(1)]
+    by_labels = Segmenter(backend, afi=AFIConfig()).segment(xyz, intensity)
+    by_probs = Segmenter(backend, afi=AFIConfig(), afi_input="probabilities").segment(xyz, intensity)
+    np.testing.assert_array_equal(by_labels.labels, afi_refine(xyz, one_hot, AFIConfig(), num_classes=c)[0])
+    np.testing.assert_array_equal(by_probs.labels, afi_refine(xyz, probs, AFIConfig(), num_classes=c)[0])
+    assert not np.array_equal(by_labels.labels, by_probs.labels)
+    with pytest.raises(ConfigError, match="AFI input 'logits'"):
+        Segmenter(backend, afi=AFIConfig(), afi_input="logits")
 
 
 def test_streaming_afi_uses_the_pose(backend, sweep):

@@ -145,20 +145,27 @@ def real_sample():
     return reader.load(reader.split_tokens()[0])
 
 
-def make_tiny_model(path: Path) -> Path:
+def make_tiny_model(path: Path, normalized: bool | None = None) -> Path:
     """A randomly initialised MinkUNet18 at width 1/16 with the demo model's classes and voxel grid: the node's
-    whole path (parse -> voxelize -> network -> publish) in ~10 ms per small cloud, for fuzzing."""
+    whole path (parse -> voxelize -> network -> publish) in ~10 ms per small cloud, for fuzzing.  Its input is
+    the demo model's, or ``normalized``: True = per-cloud normalised intensity, False = raw intensity."""
     import torch
 
+    from ssov_train.features import IntensityNormalization
     from ssov_train.models.minkunet import MinkUNet, MinkUNetConfig
     from ssov_train.training.checkpoint import load_checkpoint, save_checkpoint
 
     demo = load_checkpoint(DEMO_MODEL)
-    model_cfg = dict(demo["model"], arch="MinkUNet18", width=0.0625)
-    torch.manual_seed(0)
-    net = MinkUNet(MinkUNetConfig(**model_cfg))
     ckpt = {k: demo[k] for k in ("class_names", "palette", "vocabulary", "feature_dim", "stage", "voxel",
                                  "input_fields")}
+    ckpt["input_normalization"] = demo.get("input_normalization")
+    if normalized is not None:
+        ckpt["input_fields"] = ["normalized_intensity"] if normalized else ["intensity"]
+        ckpt["input_normalization"] = IntensityNormalization().to_dict() if normalized else None
+    model_cfg = dict(demo["model"], arch="MinkUNet18", width=0.0625,
+                     in_channels=2 if ckpt["input_fields"] == ["normalized_intensity"] else 1)
+    torch.manual_seed(0)
+    net = MinkUNet(MinkUNetConfig(**model_cfg))
     ckpt.update(model=model_cfg, state_dict=net.state_dict())
     return save_checkpoint(path, ckpt)
 

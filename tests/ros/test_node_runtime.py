@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from ros_test_utils import DEMO_MODEL, DOMAIN_ID, OUT, S, Harness, encode, to_rclpy
+from ros_test_utils import DEMO_MODEL, DOMAIN_ID, OUT, S, Harness, encode, make_tiny_model, to_rclpy
 
 pytest.importorskip("rclpy")
 
@@ -145,8 +145,9 @@ def test_legend_follows_the_clouds_frame_and_never_latches_an_empty_one(frame):
         h.close()
 
 
-def test_intensity_problems_are_reported_once(frame, capfd):
-    h = Harness({"afi.enabled": False})
+def test_intensity_problems_are_reported_once(frame, capfd, tmp_path):
+    """A raw-intensity model (trained on nuScenes' 0..255): wrong scales and missing fields are reported."""
+    h = Harness({"afi.enabled": False, "model.path": str(make_tiny_model(tmp_path / "raw.pt", normalized=False))})
     try:
         for _ in range(2):
             _segment(h, _cloud(frame, layout="xyz"))
@@ -168,6 +169,39 @@ def test_intensity_problems_are_reported_once(frame, capfd):
         err = capfd.readouterr().err
         assert err.count("no intensity field") == 1 and err.count("has count 2") == 1
         assert err.count("trained on 0..255") == 1
+    finally:
+        h.close()
+
+
+def test_a_normalized_model_takes_the_geometry_only_path_without_intensity(frame, capfd, tmp_path):
+    """A model with per-cloud normalised intensity: an XYZ-only or all-zero cloud runs on geometry alone (the
+    labels of the core fed no intensity), a cloud on 0..1 gives the labels of the same cloud on 0..255, no scale
+    warning; the path is in /diagnostics and logged once per change."""
+    model = make_tiny_model(tmp_path / "normalized.pt", normalized=True)
+    core = Segmenter(open_backend(model))
+    h = Harness({"afi.enabled": False, "model.path": str(model)})
+    try:
+        assert _values(h.node)["input"] == "waiting for clouds"
+        xyz = frame.points[:2000]
+        for _ in range(2):
+            labels = read_cloud(_segment(h, _cloud(frame, layout="xyz"))).columns["label"]
+        values = _values(h.node)
+        assert values["input"].startswith("geometry only (no intensity field")
+        # a supported input, no problem (the status may still warn of slow frames on a busy machine)
+        assert values["intensity_problem"] == "" and "intensity" not in h.node.diagnostic_status().message
+        np.testing.assert_array_equal(labels, core.segment(xyz, None).labels)
+        zeros = read_cloud(_segment(h, _cloud(frame, intensity=np.zeros(2000, np.float32)))).columns["label"]
+        assert _values(h.node)["input"] == "geometry only (constant intensity (0))"
+        np.testing.assert_array_equal(zeros, labels)
+        full = read_cloud(_segment(h, _cloud(frame))).columns["label"]
+        assert _values(h.node)["input"] == "normalised intensity"
+        np.testing.assert_array_equal(full, core.segment(xyz, frame.intensity[:2000]).labels)
+        for _ in range(5):  # no scale to tune: 0..1 intensities are neither reported nor different
+            unit = read_cloud(_segment(h, _cloud(frame, intensity=frame.intensity[:2000] / 255.0))).columns["label"]
+        assert np.mean(unit == full) > 0.999 and _values(h.node)["intensity_problem"] == ""
+        err = capfd.readouterr().err
+        assert err.count("input: geometry only") == 1 and err.count("input: normalised intensity") == 1
+        assert "input.intensity_scale" not in err.replace("input.intensity_scale unused", "")
     finally:
         h.close()
 

@@ -10,7 +10,10 @@ import pytest
 from ssov_train.data import Frame
 from ssov_train.geometry.voxelize import VoxelConfig, voxelize
 from ssov_train.superpoints import load_superpoints, sample_path
-from ssov_train.training.data import AugmentConfig, ScanDataset, augment_points, collate_scans, skip_tokens
+from ssov_train.errors import ConfigError
+from ssov_train.features import IntensityNormalization
+from ssov_train.training.data import (INTENSITY_SCALES, AugmentConfig, ScanDataset, augment_intensity, augment_points,
+                                      collate_scans, skip_tokens)
 
 VOXEL = VoxelConfig()
 
@@ -111,6 +114,66 @@ def test_augmentation_is_a_function_of_seed_epoch_index():
     rotated = augment_points(pts, AugmentConfig(flip_x=False, flip_y=False), np.random.default_rng(3))
     assert np.allclose(np.linalg.norm(rotated[:, :2], axis=1), np.linalg.norm(pts[:, :2], axis=1), atol=1e-4)
     assert np.array_equal(rotated[:, 2], pts[:, 2])
+
+
+def test_intensity_augmentation_statistics():
+    """Over many scans: the dropout rate, the three full scales about equally often, integer values on the integer
+    scales, saturation at the full scale, and a monotone remapping (a brighter return stays at least as bright)."""
+    rng = np.random.default_rng(0)
+    source = rng.gamma(2.0, 20.0, 400).astype(np.float32)  # a 0..255-like sensor
+    cfg = AugmentConfig(intensity_sensor=True, intensity_dropout=0.25)
+    draws = 1200
+    dropped, scales = 0, {s: 0 for s in INTENSITY_SCALES}
+    order = np.argsort(source, kind="stable")
+    for k in range(draws):
+        out = augment_intensity(source, cfg, np.random.default_rng(k))
+        assert out.shape == source.shape and out.dtype == np.float32
+        if not out.any():
+            dropped += 1
+            continue
+        scale = min(s for s in INTENSITY_SCALES if out.max() <= s)  # the smallest full scale that holds it
+        scales[scale] += 1
+        assert out.min() >= 0
+        if scale > 1:
+            assert np.array_equal(out, np.round(out))  # quantised to integers
+        assert (np.diff(out[order]) >= 0).all()  # monotone in the source intensity
+    # binomial bounds, ~4.5 sigma: dropout 0.25 of 1200 -> 300 +- 15
+    assert abs(dropped - 0.25 * draws) < 4.5 * np.sqrt(draws * 0.25 * 0.75)
+    kept = draws - dropped
+    for scale, count in scales.items():  # each scale a third of the kept scans: 300 +- 16
+        assert abs(count - kept / 3) < 4.5 * np.sqrt(kept / 3 * 2 / 3), (scale, count)
+    # saturation: the source's 99th percentile maps to half the full scale times the gain, so it saturates when
+    # the gain exceeds 2: with gains log-uniform in [1/8, 8] that is P(log g > log 2) = (3 - 1) / 6 = 1/3 of scans
+    wide = AugmentConfig(intensity_sensor=True, intensity_gain=8.0, intensity_gamma=1.0)
+    saturated = 0
+    for k in range(600):
+        out = augment_intensity(source, wide, np.random.default_rng(k))
+        full = min(s for s in INTENSITY_SCALES if out.max() <= s)
+        saturated += np.count_nonzero(out == full) >= 0.01 * len(source)
+    assert abs(saturated / 600 - 1 / 3) < 0.07
+
+
+def test_intensity_augmentation_off_keeps_the_intensity_and_the_geometry_draws():
+    pts = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32) * 10
+    intensity = np.random.default_rng(2).uniform(0, 255, 200).astype(np.float32)
+    frame = Frame(token="a", dataset="sample", points=pts, intensity=intensity, labels=np.ones(200, np.uint8))
+    reader = _OneFrameReader({"a": frame})
+    norm = IntensityNormalization()
+
+    def scan(augment):
+        ds = ScanDataset(reader, ["a"], VOXEL, "normalized_intensity", "gt", augment=augment, seed=4,
+                         normalization=norm)
+        return ds[0]
+
+    plain = scan(AugmentConfig())
+    dropped = scan(AugmentConfig(intensity_dropout=1.0))
+    sensor = scan(AugmentConfig(intensity_sensor=True))
+    # the geometric augmentation draws do not move when intensity augmentation is switched on
+    assert np.array_equal(plain.coords, dropped.coords) and np.array_equal(plain.coords, sensor.coords)
+    assert (plain.features[:, 1] == 1).all() and (dropped.features == 0).all()  # dropout: geometry-only input
+    assert not np.allclose(plain.features, sensor.features)
+    with pytest.raises(ConfigError, match="intensity_dropout"):
+        AugmentConfig(intensity_dropout=1.5)
 
 
 def test_skip_step_keeps_every_kth_scene_or_scan():

@@ -119,3 +119,31 @@ def test_cli_errors_are_one_line(config_factory, tmp_path, capsys):
     assert "configures stage annotation_free" in run("pretrain", "--cfg", str(cfg))
     assert "checkpoint not found" in run("evaluate", "--cfg", str(cfg), "--resume-path", str(tmp_path / "x.pt"))
     assert "needs `superpoints:`" in run("annotation-free", "--cfg", str(cfg), "--set", "superpoints=null")
+
+
+def test_the_intensity_normalisation_travels_in_the_checkpoint(config_factory, tmp_path):
+    """A normalised-intensity model: two input channels, its percentile and clip in the checkpoint; a later
+    stage with another normalisation or another feature refuses it by name."""
+    from ssov_train.errors import ConfigError
+    from ssov_train.inference import ModelSpec
+
+    one_step = {"epochs": 1, "batch_size": 2, "lr": 0.1, "max_steps_per_epoch": 1}
+    pre = config_factory("pretrain", tmp_path / "pre", feature="normalized_intensity", optim=one_step,
+                         augment={"intensity_sensor": True, "intensity_dropout": 0.5})
+    train(build_task(pre), progress=False)
+    ckpt = load_checkpoint(pre.output / "last.pt")
+    assert ckpt["input_fields"] == ["normalized_intensity"] and ckpt["model"]["in_channels"] == 2
+    assert ckpt["input_normalization"] == {"percentile": 99.0, "clip": 1.5}
+    assert ckpt["state_dict"]["stem_conv.weight"].shape[-1] == 2  # the stem reads both channels
+    assert ModelSpec.from_checkpoint(ckpt).input_normalization.percentile == 99.0
+    other = config_factory("annotation_free", tmp_path / "af", feature="normalized_intensity",
+                           intensity_normalization={"percentile": 95.0, "clip": 1.5})
+    with pytest.raises(ConfigError, match="input_normalization"):
+        build_task(other, pre.output / "last.pt")
+    raw = config_factory("annotation_free", tmp_path / "af_raw")
+    with pytest.raises(ConfigError, match="input_fields"):
+        build_task(raw, pre.output / "last.pt")
+    # a model file whose input needs a normalisation it does not carry is refused at load
+    del ckpt["input_normalization"]
+    with pytest.raises(ConfigError, match="needs its input_normalization"):
+        ModelSpec.from_checkpoint(ckpt)
