@@ -12,9 +12,12 @@ from ssov_train.errors import ConfigError
 from ssov_train.evaluation.realcheck import (CheckGeometry, ClassGroups, RealScan, box_accuracy, check_labels, goals,
                                              parse_model_argument, run_realcheck, share)
 from ssov_train.geometry.boxes import points_in_boxes
+from ssov_train.training.checkpoint import load_checkpoint
 from ssov_train.vocab import load_dictionary
 
-from conftest import REPO, SAMPLE_DIR
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_DIR = REPO / "data" / "nuscenes_sample"  # the shipped real keyframe
+
 
 DICT = load_dictionary("nuscenes")
 NAMES = DICT.class_names
@@ -155,9 +158,11 @@ def test_command_on_the_shipped_keyframe(tmp_path, capsys):
         assert m["vehicles"]["points"] == 34688 and sum(m["label_shares"].values()) == pytest.approx(1.0)
         assert f"| {name} | {v} | {100 * boxes['accuracy']:.1f}% |" in table
         assert f"{name}  {v}" in printed
-    # the degraded inputs reach the model: the labels change
+    # the degraded inputs reach the model: without intensity the labels change; on 0..1 they change for a
+    # raw-intensity model and stay the same for one that normalises each cloud's intensity
     shares = [m["label_shares"] for m in model["variants"].values()]
-    assert shares[0] != shares[1] and shares[0] != shares[2]
+    normalised = "normalized_intensity" in load_checkpoint(MODEL)["input_fields"]
+    assert shares[0] != shares[1] and (shares[0] == shares[2]) == normalised
     for png in ("bev_labels.png", "box_accuracy.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert not list(out.glob(".*.tmp"))  # written atomically: no temporary left behind
