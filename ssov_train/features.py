@@ -85,18 +85,25 @@ def missing_intensity_reason(intensity: Optional[np.ndarray], percentile: float 
     """Why a cloud's intensity carries no information, or "" when it does: absent (None), no finite value,
     constant (many drivers fill a missing field with 0), or zero on more than ``100 - percentile`` % of the
     points (nothing to normalise by)."""
+    return _intensity_reference(intensity, percentile)[0]
+
+
+def _intensity_reference(intensity: Optional[np.ndarray], percentile: float) -> tuple[str, float]:
+    """(why the intensity is unusable or "", the percentile of its finite values clipped at 0 that normalises
+    it): one pass, shared by the check and the normalisation."""
     if intensity is None:
-        return "no intensity field"
+        return "no intensity field", 0.0
     values = np.asarray(intensity, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return "no finite intensity"
+        return "no finite intensity", 0.0
     low, high = values.min(), values.max()
     if low == high:
-        return f"constant intensity ({low:g})"
-    if np.percentile(np.maximum(values, 0.0), percentile) <= 0:
-        return f"intensity 0 on more than {100 - percentile:g}% of the points"
-    return ""
+        return f"constant intensity ({low:g})", 0.0
+    reference = float(np.percentile(np.maximum(values, 0.0), percentile))
+    if reference <= 0:
+        return f"intensity 0 on more than {100 - percentile:g}% of the points", 0.0
+    return "", reference
 
 
 def normalized_intensity(intensity: Optional[np.ndarray], norm: IntensityNormalization,
@@ -105,12 +112,11 @@ def normalized_intensity(intensity: Optional[np.ndarray], norm: IntensityNormali
     intensity (see :func:`missing_intensity_reason`) both columns are 0."""
     n = len(intensity) if intensity is not None else int(num_points or 0)
     out = np.zeros((n, 2), np.float32)
-    if missing_intensity_reason(intensity, norm.percentile):
+    why, high = _intensity_reference(intensity, norm.percentile)
+    if why:
         return out
     values = np.asarray(intensity, dtype=np.float64).ravel()
-    finite = np.isfinite(values)
-    values = np.where(finite, np.maximum(values, 0.0), 0.0)
-    high = np.percentile(values[finite], norm.percentile)
+    values = np.where(np.isfinite(values), np.maximum(values, 0.0), 0.0)
     out[:, 0] = np.minimum(values / high, norm.clip)
     out[:, 1] = 1.0
     return out
