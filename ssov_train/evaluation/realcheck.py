@@ -31,6 +31,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..geometry.transforms import apply
 from ..vocab import ClassDictionary
 
 # The goals of issue 13 on this keyframe (reported, never optimised for).
@@ -159,7 +160,7 @@ class RealScan:
         inside = box_index >= 0
         box_class[inside] = dictionary.map_raw(frame.box_raw_classes[box_index[inside]])
         t = np.asarray(frame.lidar_to_ego, np.float64)
-        ego = xyz.astype(np.float64) @ t[:3, :3].T + t[:3, 3]
+        ego = apply(t, xyz)
         return cls(f"nuScenes {frame.scene} keyframe {frame.token}", xyz, np.asarray(frame.intensity, np.float32),
                    ego, box_index, box_class, np.asarray(frame.boxes, np.float64), t)
 
@@ -302,7 +303,7 @@ def _boxes_in_ego(scan: RealScan) -> list[np.ndarray]:
     t = scan.lidar_to_ego
     footprints = []
     for box in scan.boxes:
-        corners = box_corners(box) @ t[:3, :3].T + t[:3, 3]
+        corners = apply(t, box_corners(box))
         footprints.append(corners[[0, 2, 6, 4], :2])  # the corners at -dz/2 in order around the box
     return footprints
 
